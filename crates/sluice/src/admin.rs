@@ -1,0 +1,440 @@
+//! Streams and consumers: create (idempotent), get, list, delete.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgPool};
+
+use crate::error::{Error, InvalidInput};
+use crate::sql;
+use crate::subject::{check_name, check_pattern};
+
+/// A stream: a named, append-only log of events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stream {
+    /// The stream's name.
+    pub name: String,
+    /// How long events are kept.
+    pub event_retention: Duration,
+    /// When the stream was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Settings of a new stream.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = sluice::StreamOptions::default().event_retention(Duration::from_secs(86_400));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOptions {
+    event_retention: Duration,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions { event_retention: Duration::from_secs(7 * 86_400) }
+    }
+}
+
+impl StreamOptions {
+    /// How long events are kept (default 7 days).
+    pub fn event_retention(mut self, retention: Duration) -> Self {
+        self.event_retention = retention;
+        self
+    }
+}
+
+#[derive(FromRow)]
+struct StreamRow {
+    #[allow(dead_code)]
+    id: i32,
+    name: String,
+    event_retention_ms: i64,
+    created_at: DateTime<Utc>,
+}
+
+impl From<StreamRow> for Stream {
+    fn from(r: StreamRow) -> Self {
+        Stream { name: r.name, event_retention: ms_to_duration(r.event_retention_ms), created_at: r.created_at }
+    }
+}
+
+pub(crate) fn duration_ms(setting: &'static str, d: Duration) -> Result<i64, InvalidInput> {
+    i64::try_from(d.as_millis()).map_err(|_| InvalidInput::Setting { setting, reason: "too large".into() })
+}
+
+pub(crate) fn ms_to_duration(ms: i64) -> Duration {
+    Duration::from_millis(ms.max(0) as u64)
+}
+
+/// Creates a stream. Creating one that exists with the same settings returns
+/// it; with other settings it is [`Error::StreamConflict`], naming each
+/// difference, and the stored stream is left as it was.
+pub async fn create_stream(pool: &PgPool, name: &str, options: StreamOptions) -> Result<Stream, Error> {
+    check_name("stream", name)?;
+    if options.event_retention.is_zero() {
+        return Err(
+            InvalidInput::Setting { setting: "event_retention", reason: "must be more than zero".into() }.into()
+        );
+    }
+    let retention_ms = duration_ms("event_retention", options.event_retention)?;
+    let created: Option<StreamRow> = sqlx::query_as(sql::STREAM_CREATE)
+        .bind(name)
+        .bind(retention_ms)
+        .fetch_optional(pool)
+        .await
+        .map_err(Error::db)?;
+    if let Some(row) = created {
+        return Ok(row.into());
+    }
+    let existing = get_stream(pool, name).await?;
+    let mut diff = Differences::default();
+    diff.check("event_retention", &existing.event_retention, &options.event_retention);
+    match diff.finish() {
+        None => Ok(existing),
+        Some(differences) => Err(Error::StreamConflict { stream: name.to_string(), differences }),
+    }
+}
+
+/// The stream of that name, or [`Error::StreamNotFound`].
+pub async fn get_stream(pool: &PgPool, name: &str) -> Result<Stream, Error> {
+    check_name("stream", name)?;
+    let row: Option<StreamRow> =
+        sqlx::query_as(sql::STREAM_GET).bind(name).fetch_optional(pool).await.map_err(Error::db)?;
+    row.map(Into::into).ok_or_else(|| Error::StreamNotFound { stream: name.to_string() })
+}
+
+/// Every stream, by name.
+pub async fn list_streams(pool: &PgPool) -> Result<Vec<Stream>, Error> {
+    let rows: Vec<StreamRow> = sqlx::query_as(sql::STREAM_LIST).fetch_all(pool).await.map_err(Error::db)?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// Deletes a stream with its events, consumers and tasks.
+pub async fn delete_stream(pool: &PgPool, name: &str) -> Result<(), Error> {
+    check_name("stream", name)?;
+    let deleted: Option<i32> =
+        sqlx::query_scalar(sql::STREAM_DELETE).bind(name).fetch_optional(pool).await.map_err(Error::db)?;
+    deleted.map(|_| ()).ok_or_else(|| Error::StreamNotFound { stream: name.to_string() })
+}
+
+/// Where a new consumer starts in its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Start {
+    /// Every event the stream holds, then every new one.
+    Beginning,
+    /// Events created at or after this time.
+    At(DateTime<Utc>),
+    /// Only events published after the consumer is created (the default).
+    #[default]
+    Now,
+}
+
+/// Settings of a new consumer. Only the stream and the name are required.
+///
+/// ```
+/// use std::time::Duration;
+/// use sluice::{ConsumerOptions, Start};
+/// let options = ConsumerOptions::default()
+///     .include(["orders.eu.*"])
+///     .exclude(["orders.*.deleted"])
+///     .start(Start::Beginning)
+///     .max_attempts(5)
+///     .lease(Duration::from_secs(60));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerOptions {
+    include: Vec<String>,
+    exclude: Vec<String>,
+    start: Start,
+    max_attempts: i32,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    lease: Duration,
+    completed_retention: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        ConsumerOptions {
+            include: vec![">".to_string()],
+            exclude: Vec::new(),
+            start: Start::Now,
+            max_attempts: 25,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(3600),
+            lease: Duration::from_secs(30),
+            completed_retention: Duration::ZERO,
+        }
+    }
+}
+
+impl ConsumerOptions {
+    /// Subject patterns to deliver (default `>`, everything). NATS wildcards:
+    /// `*` matches one token, a final `>` one or more.
+    pub fn include<I: IntoIterator<Item = S>, S: Into<String>>(mut self, patterns: I) -> Self {
+        self.include = patterns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Subject patterns never to deliver, even when included (exclude wins).
+    pub fn exclude<I: IntoIterator<Item = S>, S: Into<String>>(mut self, patterns: I) -> Self {
+        self.exclude = patterns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Where the consumer starts (default [`Start::Now`]). Applies only when
+    /// the consumer is created.
+    pub fn start(mut self, start: Start) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// Attempts before a failing task is discarded (default 25, 1 to 1000).
+    pub fn max_attempts(mut self, attempts: i32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// The retry backoff: exponential from `initial`, doubling per attempt, at
+    /// most `max`, with jitter (defaults 1 s and 1 h).
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff_initial = initial;
+        self.backoff_max = max;
+        self
+    }
+
+    /// The visibility timeout: how long a claimed task belongs to its worker
+    /// unless extended (default 30 s, at least 1 s).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long completed tasks are kept for inspection (default zero: a
+    /// task is deleted when it is acked).
+    pub fn completed_retention(mut self, retention: Duration) -> Self {
+        self.completed_retention = retention;
+        self
+    }
+
+    fn validate(&self) -> Result<(), InvalidInput> {
+        if self.include.is_empty() {
+            return Err(InvalidInput::Setting {
+                setting: "include",
+                reason: "a consumer includes at least one pattern (use \">\" for everything)".into(),
+            });
+        }
+        for p in self.include.iter().chain(&self.exclude) {
+            check_pattern(p)?;
+        }
+        if !(1..=1000).contains(&self.max_attempts) {
+            return Err(InvalidInput::Setting {
+                setting: "max_attempts",
+                reason: format!("{} is outside 1..=1000", self.max_attempts),
+            });
+        }
+        if self.backoff_max < self.backoff_initial {
+            return Err(InvalidInput::Setting {
+                setting: "backoff",
+                reason: "the maximum delay is smaller than the initial one".into(),
+            });
+        }
+        if self.lease < Duration::from_secs(1) {
+            return Err(InvalidInput::Setting { setting: "lease", reason: "a lease is at least 1 second".into() });
+        }
+        Ok(())
+    }
+}
+
+/// A consumer: a named subscription to one stream, with its own position and tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    /// The stream it reads.
+    pub stream: String,
+    /// The consumer's name, unique within the stream.
+    pub name: String,
+    /// Subject patterns delivered.
+    pub include: Vec<String>,
+    /// Subject patterns never delivered.
+    pub exclude: Vec<String>,
+    /// Events before this time are not delivered (a consumer started at a time).
+    pub start_from: Option<DateTime<Utc>>,
+    /// Attempts before a failing task is discarded.
+    pub max_attempts: i32,
+    /// First retry delay.
+    pub backoff_initial: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Visibility timeout of a claimed task.
+    pub lease: Duration,
+    /// How long completed tasks are kept.
+    pub completed_retention: Duration,
+    /// Whether claiming is paused.
+    pub paused: bool,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(FromRow)]
+struct ConsumerRow {
+    #[allow(dead_code)]
+    id: i32,
+    stream: String,
+    name: String,
+    include_subjects: Vec<String>,
+    exclude_subjects: Vec<String>,
+    start_from: Option<DateTime<Utc>>,
+    max_attempts: i32,
+    backoff_initial_ms: i64,
+    backoff_max_ms: i64,
+    lease_ms: i64,
+    completed_retention_ms: i64,
+    paused: bool,
+    created_at: DateTime<Utc>,
+}
+
+impl From<ConsumerRow> for Consumer {
+    fn from(r: ConsumerRow) -> Self {
+        Consumer {
+            stream: r.stream,
+            name: r.name,
+            include: r.include_subjects,
+            exclude: r.exclude_subjects,
+            start_from: r.start_from,
+            max_attempts: r.max_attempts,
+            backoff_initial: ms_to_duration(r.backoff_initial_ms),
+            backoff_max: ms_to_duration(r.backoff_max_ms),
+            lease: ms_to_duration(r.lease_ms),
+            completed_retention: ms_to_duration(r.completed_retention_ms),
+            paused: r.paused,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// Creates a consumer of `stream`. Creating one that exists with the same
+/// settings returns it; with other settings it is [`Error::ConsumerConflict`],
+/// naming each difference, and the stored consumer is left as it was.
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), sluice::Error> {
+/// use sluice::{create_consumer, ConsumerOptions};
+/// create_consumer(&pool, "orders", "billing", ConsumerOptions::default().include(["orders.*.created"])).await?;
+/// # Ok(()) }
+/// ```
+pub async fn create_consumer(
+    pool: &PgPool,
+    stream: &str,
+    name: &str,
+    options: ConsumerOptions,
+) -> Result<Consumer, Error> {
+    check_name("stream", stream)?;
+    check_name("consumer", name)?;
+    options.validate()?;
+    let (start_kind, start_at) = match options.start {
+        Start::Beginning => ("beginning", None),
+        Start::At(t) => ("time", Some(t)),
+        Start::Now => ("now", None),
+    };
+    let created: Option<i32> = sqlx::query_scalar(sql::CONSUMER_CREATE)
+        .bind(stream)
+        .bind(name)
+        .bind(&options.include)
+        .bind(start_kind)
+        .bind(start_at)
+        .bind(&options.exclude)
+        .bind(options.max_attempts)
+        .bind(duration_ms("backoff", options.backoff_initial)?)
+        .bind(duration_ms("backoff", options.backoff_max)?)
+        .bind(duration_ms("lease", options.lease)?)
+        .bind(duration_ms("completed_retention", options.completed_retention)?)
+        .fetch_optional(pool)
+        .await
+        .map_err(Error::db)?;
+    let existing = match get_consumer(pool, stream, name).await {
+        Err(Error::ConsumerNotFound { .. }) if created.is_none() => {
+            // Nothing inserted and nothing there: the stream is missing.
+            get_stream(pool, stream).await?;
+            return Err(Error::ConsumerNotFound { stream: stream.into(), consumer: name.into() });
+        }
+        other => other?,
+    };
+    if created.is_some() {
+        return Ok(existing);
+    }
+    let mut diff = Differences::default();
+    diff.check("include", &existing.include, &options.include);
+    diff.check("exclude", &existing.exclude, &options.exclude);
+    diff.check("max_attempts", &existing.max_attempts, &options.max_attempts);
+    diff.check("backoff_initial", &existing.backoff_initial, &options.backoff_initial);
+    diff.check("backoff_max", &existing.backoff_max, &options.backoff_max);
+    diff.check("lease", &existing.lease, &options.lease);
+    diff.check("completed_retention", &existing.completed_retention, &options.completed_retention);
+    match diff.finish() {
+        None => Ok(existing),
+        Some(differences) => {
+            Err(Error::ConsumerConflict { stream: stream.to_string(), consumer: name.to_string(), differences })
+        }
+    }
+}
+
+/// The consumer `name` of `stream`, or [`Error::ConsumerNotFound`].
+pub async fn get_consumer(pool: &PgPool, stream: &str, name: &str) -> Result<Consumer, Error> {
+    check_name("stream", stream)?;
+    check_name("consumer", name)?;
+    let row: Option<ConsumerRow> =
+        sqlx::query_as(sql::CONSUMER_GET).bind(stream).bind(name).fetch_optional(pool).await.map_err(Error::db)?;
+    row.map(Into::into)
+        .ok_or_else(|| Error::ConsumerNotFound { stream: stream.to_string(), consumer: name.to_string() })
+}
+
+/// The consumers of `stream` (every stream's when `None`), by stream and name.
+pub async fn list_consumers(pool: &PgPool, stream: Option<&str>) -> Result<Vec<Consumer>, Error> {
+    if let Some(stream) = stream {
+        get_stream(pool, stream).await?;
+    }
+    let rows: Vec<ConsumerRow> =
+        sqlx::query_as(sql::CONSUMER_LIST).bind(stream).fetch_all(pool).await.map_err(Error::db)?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// Deletes a consumer with its tasks.
+pub async fn delete_consumer(pool: &PgPool, stream: &str, name: &str) -> Result<(), Error> {
+    check_name("stream", stream)?;
+    check_name("consumer", name)?;
+    let deleted: Option<i32> = sqlx::query_scalar(sql::CONSUMER_DELETE)
+        .bind(stream)
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(Error::db)?;
+    match deleted {
+        Some(_) => Ok(()),
+        None => {
+            get_stream(pool, stream).await?;
+            Err(Error::ConsumerNotFound { stream: stream.to_string(), consumer: name.to_string() })
+        }
+    }
+}
+
+/// Collects `setting: stored X, requested Y` for each differing setting.
+#[derive(Default)]
+struct Differences(String);
+
+impl Differences {
+    fn check<T: PartialEq + std::fmt::Debug>(&mut self, setting: &str, stored: &T, requested: &T) {
+        if stored != requested {
+            if !self.0.is_empty() {
+                self.0.push_str("; ");
+            }
+            let _ = write!(self.0, "{setting}: stored {stored:?}, requested {requested:?}");
+        }
+    }
+
+    fn finish(self) -> Option<String> {
+        (!self.0.is_empty()).then_some(self.0)
+    }
+}

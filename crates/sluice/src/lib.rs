@@ -1,0 +1,52 @@
+//! Sluice: a transactional task queue that lives entirely in PostgreSQL.
+//!
+//! Producers [`publish`] events to streams. Each consumer of a stream keeps a
+//! durable position (a transaction snapshot, so no event is skipped when
+//! transactions commit out of order) and gets its own task for every event
+//! matching its subject filters. Subscribers ([`sub`]) claim tasks with
+//! `FOR UPDATE SKIP LOCKED` and hand them to a handler; returning `Ok` acks,
+//! an error retries. [`Message::ack_tx`] acks inside the caller's own
+//! transaction, so a business write and the ack commit together or not at all.
+//!
+//! ```no_run
+//! use sluice::{ConsumerOptions, HandlerError, Message, NewEvent, StreamOptions, Subscription};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://localhost/app").await?;
+//! sluice::migrate(&pool).await?;
+//! sluice::create_stream(&pool, "orders", StreamOptions::default()).await?;
+//! sluice::create_consumer(&pool, "orders", "billing", ConsumerOptions::default().include(["orders.*.created"])).await?;
+//!
+//! let handle = sluice::sub(&pool, Subscription::new("orders", "billing"), |msg: Message<serde_json::Value>| async move {
+//!     println!("{} {}", msg.subject(), msg.payload());
+//!     Ok::<_, HandlerError>(())
+//! })
+//! .await?;
+//!
+//! sluice::publish(&pool, "orders", NewEvent::new("orders.eu.created", &serde_json::json!({"id": 1}))?).await?;
+//! # handle.shutdown(std::time::Duration::from_secs(10)).await;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod admin;
+mod error;
+mod ids;
+mod message;
+mod migrate;
+mod publish;
+mod sql;
+mod subject;
+mod subscriber;
+
+pub use admin::{
+    create_consumer, create_stream, delete_consumer, delete_stream, get_consumer, get_stream, list_consumers,
+    list_streams, Consumer, ConsumerOptions, Start, Stream, StreamOptions,
+};
+pub use error::{Error, InvalidInput, MigrateError, TaskError};
+pub use ids::{EventId, Priority, TaskState, WorkerId};
+pub use message::{HandlerError, Message};
+pub use migrate::{migrate, migrate_down, migration_status, MigrationStatus, Steps};
+pub use publish::{publish, publish_batch, NewEvent, MAX_PAYLOAD_BYTES};
+pub use subject::{check_pattern, check_subject, subject_matches};
+pub use subscriber::{sub, BackoffFn, ShutdownReport, SubscriberHandle, Subscription};

@@ -1,0 +1,29 @@
+-- Completes the tasks (consumer $1, event $2[i], attempt $3[i]) still held by
+-- that attempt: deleted, or marked completed when the consumer keeps
+-- completed tasks. Returns the event ids completed; a missing one lost its lease.
+WITH keep AS (
+    SELECT completed_retention > interval '0' AS keep FROM sluice.consumers WHERE id = $1
+),
+held AS (
+    SELECT * FROM unnest($2::bigint[], $3::int[]) AS h(event_id, attempt)
+),
+deleted AS (
+    DELETE FROM sluice.tasks t
+    USING held h
+    WHERE t.consumer_id = $1 AND t.event_id = h.event_id AND t.attempt = h.attempt
+      AND t.state = 'running'
+      AND NOT coalesce((SELECT keep FROM keep), false)
+    RETURNING t.event_id
+),
+completed AS (
+    UPDATE sluice.tasks t
+    SET state = 'completed', finished_at = now(), lease_until = NULL
+    FROM held h
+    WHERE t.consumer_id = $1 AND t.event_id = h.event_id AND t.attempt = h.attempt
+      AND t.state = 'running'
+      AND coalesce((SELECT keep FROM keep), false)
+    RETURNING t.event_id
+)
+SELECT event_id FROM deleted
+UNION ALL
+SELECT event_id FROM completed

@@ -1,0 +1,70 @@
+-- Housekeeping for consumer $1, by one session at a time (advisory lock):
+-- promotes due scheduled tasks, frees tasks whose lease ended or whose worker
+-- stopped beating for $2 ms, forgets such workers, and removes completed
+-- tasks past the consumer's retention. Each step touches at most $3 rows and
+-- reads only the partial indexes, so it costs nearly nothing when idle.
+WITH gate AS MATERIALIZED (
+    SELECT pg_try_advisory_xact_lock(1936487781, $1) AS ok
+),
+dead AS MATERIALIZED (
+    SELECT w.id FROM sluice.workers w
+    WHERE w.consumer_id = $1 AND w.heartbeat_at < now() - $2 * interval '1 millisecond'
+      AND (SELECT ok FROM gate)
+),
+promoted AS (
+    UPDATE sluice.tasks t
+    SET state = 'available', schedule_at = NULL, position = nextval('sluice.task_position')
+    WHERE (t.consumer_id, t.event_id) IN (
+        SELECT d.consumer_id, d.event_id FROM sluice.tasks d
+        WHERE d.consumer_id = $1 AND d.state = 'scheduled' AND d.schedule_at <= now()
+          AND (SELECT ok FROM gate)
+        ORDER BY d.schedule_at
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+),
+expired AS (
+    UPDATE sluice.tasks t
+    SET state = CASE WHEN t.attempt >= c.max_attempts THEN 'discarded' ELSE 'available' END::sluice.task_state,
+        finished_at = CASE WHEN t.attempt >= c.max_attempts THEN now() END,
+        lease_until = NULL,
+        worker_id = NULL,
+        errors = t.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', t.attempt, 'at', now(), 'worker', t.worker_id,
+            'error', CASE WHEN t.worker_id IN (SELECT id FROM dead) THEN 'worker stopped responding'
+                          ELSE 'lease expired' END))
+    FROM sluice.consumers c
+    WHERE c.id = t.consumer_id
+      AND (t.consumer_id, t.event_id) IN (
+        SELECT r.consumer_id, r.event_id FROM sluice.tasks r
+        WHERE r.consumer_id = $1 AND r.state = 'running'
+          AND (r.lease_until < now() OR r.worker_id IN (SELECT id FROM dead))
+          AND (SELECT ok FROM gate)
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED)
+    RETURNING t.consumer_id, t.event_id, t.attempt, t.state, t.priority
+),
+logged AS (
+    INSERT INTO sluice.task_log (consumer_id, event_id, attempt, action, reason, priority)
+    SELECT consumer_id, event_id, attempt,
+           CASE WHEN state = 'discarded' THEN 'discarded' ELSE 'lease_expired' END::sluice.task_action,
+           CASE WHEN state = 'discarded' THEN 'lease expired on the last attempt' ELSE 'lease expired' END,
+           priority
+    FROM expired
+),
+forgotten AS (
+    DELETE FROM sluice.workers w WHERE w.id IN (SELECT id FROM dead)
+    RETURNING 1
+),
+purged AS (
+    DELETE FROM sluice.tasks t
+    USING sluice.consumers c
+    WHERE c.id = t.consumer_id AND t.consumer_id = $1 AND t.state = 'completed'
+      AND t.finished_at < now() - c.completed_retention
+      AND (SELECT ok FROM gate)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM promoted) AS promoted,
+       (SELECT count(*) FROM expired) AS expired,
+       (SELECT count(*) FROM forgotten) AS forgotten,
+       (SELECT count(*) FROM purged) AS purged

@@ -1,0 +1,1 @@
+DELETE FROM sluice.workers WHERE id = $1

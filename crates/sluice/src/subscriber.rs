@@ -1,0 +1,877 @@
+//! The subscriber: the in-process worker loop of one consumer.
+//!
+//! One driver task refills the consumer (moves its position and materializes
+//! tasks), claims batches into a bounded local buffer and starts handlers up
+//! to the concurrency limit. Beside it: a listener (LISTEN on the stream's
+//! channel), an acker (implicit acks, one statement per flush) and a keeper
+//! (lease extension and heartbeat). Everything in memory is bounded by
+//! concurrency + batch size.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use sqlx::postgres::PgListener;
+use sqlx::{FromRow, PgPool};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+use tokio::time::{sleep, sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+use uuid::Uuid;
+
+use crate::admin::{duration_ms, get_stream, ms_to_duration};
+use crate::error::{Error, InvalidInput};
+use crate::ids::{EventId, Priority, WorkerId};
+use crate::message::{HandlerError, Message, ACKED, UNSETTLED};
+use crate::sql;
+use crate::subject::check_name;
+
+/// A retry delay computed from the attempt number that failed (1 for the first).
+pub type BackoffFn = Arc<dyn Fn(i32) -> Duration + Send + Sync>;
+
+/// What a subscriber works on and how. Required: the stream and the consumer.
+///
+/// ```
+/// use std::time::Duration;
+/// let subscription = sluice::Subscription::new("orders", "billing")
+///     .concurrency(32)
+///     .batch_size(200)
+///     .poll_interval(Duration::from_millis(500));
+/// ```
+#[derive(Clone)]
+pub struct Subscription {
+    stream: String,
+    consumer: String,
+    concurrency: usize,
+    batch_size: usize,
+    poll_interval: Duration,
+    lease: Option<Duration>,
+    heartbeat: Duration,
+    dead_after: Duration,
+    refill_chunk: i32,
+    backoff: Option<BackoffFn>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("stream", &self.stream)
+            .field("consumer", &self.consumer)
+            .field("concurrency", &self.concurrency)
+            .field("batch_size", &self.batch_size)
+            .field("poll_interval", &self.poll_interval)
+            .field("lease", &self.lease)
+            .field("heartbeat", &self.heartbeat)
+            .field("dead_after", &self.dead_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// A subscription to consumer `consumer` of stream `stream`, with defaults:
+    /// concurrency 16, batch size 100, poll interval 1 s, the consumer's lease.
+    pub fn new(stream: impl Into<String>, consumer: impl Into<String>) -> Self {
+        Subscription {
+            stream: stream.into(),
+            consumer: consumer.into(),
+            concurrency: 16,
+            batch_size: 100,
+            poll_interval: Duration::from_secs(1),
+            lease: None,
+            heartbeat: Duration::from_secs(5),
+            dead_after: Duration::from_secs(15),
+            refill_chunk: 10_000,
+            backoff: None,
+        }
+    }
+
+    /// How many handlers run at once (default 16).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// How many tasks one claim takes at most (default 100). At most this
+    /// many claimed tasks wait in memory for a free handler.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n;
+        self
+    }
+
+    /// How often to look for work when no notification arrives, and to run
+    /// housekeeping (default 1 s). Notifications wake the subscriber at once.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// The visibility timeout of the tasks this subscriber claims (default:
+    /// the consumer's). Extended while handlers run.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// How often the worker reports that it is alive (default 5 s).
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.heartbeat = interval;
+        self
+    }
+
+    /// After how long without a heartbeat another subscriber frees a worker's
+    /// tasks (default 15 s).
+    pub fn dead_after(mut self, after: Duration) -> Self {
+        self.dead_after = after;
+        self
+    }
+
+    /// How many events one refill statement materializes at most (default
+    /// 10,000); a larger backlog is worked through in chunks of this size.
+    pub fn refill_chunk(mut self, events: i32) -> Self {
+        self.refill_chunk = events;
+        self
+    }
+
+    /// Replaces the consumer's exponential backoff with a function of the
+    /// attempt number that failed.
+    pub fn backoff(mut self, backoff: impl Fn(i32) -> Duration + Send + Sync + 'static) -> Self {
+        self.backoff = Some(Arc::new(backoff));
+        self
+    }
+
+    fn validate(&self) -> Result<(), InvalidInput> {
+        check_name("stream", &self.stream)?;
+        check_name("consumer", &self.consumer)?;
+        let setting = |setting, reason: &str| Err(InvalidInput::Setting { setting, reason: reason.into() });
+        if self.concurrency == 0 {
+            return setting("concurrency", "at least 1 handler must be allowed to run");
+        }
+        if self.batch_size == 0 || self.batch_size > 10_000 {
+            return setting("batch_size", "a batch is 1 to 10,000 tasks");
+        }
+        if self.poll_interval.is_zero() {
+            return setting("poll_interval", "must be more than zero");
+        }
+        if self.lease.is_some_and(|l| l < Duration::from_secs(1)) {
+            return setting("lease", "a lease is at least 1 second");
+        }
+        if self.heartbeat.is_zero() || self.dead_after <= self.heartbeat {
+            return setting("dead_after", "must be longer than the heartbeat interval");
+        }
+        if self.refill_chunk < 1 {
+            return setting("refill_chunk", "at least 1 event per refill");
+        }
+        Ok(())
+    }
+}
+
+/// State shared by the subscriber's tasks and its messages.
+pub(crate) struct Shared {
+    pub(crate) pool: PgPool,
+    pub(crate) stream: String,
+    pub(crate) consumer: String,
+    pub(crate) consumer_id: i32,
+    stream_id: i32,
+    worker_id: Uuid,
+    lease_ms: i64,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    backoff: Option<BackoffFn>,
+    /// Tasks this worker holds (event id → attempt): claimed, running, or
+    /// waiting for their ack to be flushed. The keeper extends their leases.
+    in_flight: Mutex<HashMap<i64, i32>>,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn forget(&self, event_id: i64) {
+        self.in_flight.lock().expect("in-flight map poisoned").remove(&event_id);
+    }
+
+    fn retry_delay(&self, attempt: i32) -> Duration {
+        if let Some(f) = &self.backoff {
+            return f(attempt);
+        }
+        let exp = attempt.clamp(1, 31) as u32 - 1;
+        let full = self.backoff_initial.saturating_mul(2u32.saturating_pow(exp)).min(self.backoff_max);
+        // Jitter: somewhere in the upper half, so retries of a burst spread out.
+        let half = full / 2;
+        half + full.saturating_sub(half).mul_f64(rand::rng().random::<f64>())
+    }
+}
+
+/// What [`SubscriberHandle::shutdown`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Claimed tasks whose handler never started, handed back at once.
+    pub released: usize,
+    /// Handlers still running at the deadline: stopped, their tasks handed back.
+    pub aborted: usize,
+}
+
+/// A running subscriber. Dropping the handle leaves it running; call
+/// [`SubscriberHandle::shutdown`] to stop it.
+#[derive(Debug)]
+pub struct SubscriberHandle {
+    worker_id: WorkerId,
+    stop: CancellationToken,
+    deadline: Arc<Mutex<Duration>>,
+    driver: tokio::task::JoinHandle<ShutdownReport>,
+}
+
+impl SubscriberHandle {
+    /// This subscriber's id in `sluice.workers`.
+    pub fn worker_id(&self) -> WorkerId {
+        self.worker_id
+    }
+
+    /// Whether the subscriber has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.driver.is_finished()
+    }
+
+    /// Stops claiming, hands back claimed tasks no handler started, waits up
+    /// to `deadline` for running handlers, stops the rest and hands their
+    /// tasks back, flushes pending acks and unregisters the worker.
+    pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
+        *self.deadline.lock().expect("deadline poisoned") = deadline;
+        self.stop.cancel();
+        match self.driver.await {
+            Ok(report) => report,
+            Err(e) => {
+                warn!(error = %e, "subscriber driver ended abnormally");
+                ShutdownReport::default()
+            }
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct ConsumerLookup {
+    id: i32,
+    #[allow(dead_code)]
+    max_attempts: i32,
+    backoff_initial_ms: i64,
+    backoff_max_ms: i64,
+    lease_ms: i64,
+    stream_id: i32,
+}
+
+#[derive(FromRow)]
+struct ClaimedRow {
+    event_id: i64,
+    attempt: i32,
+    priority: i16,
+    subject: String,
+    payload: String,
+    metadata: String,
+    key: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+/// Starts a subscriber for one consumer and returns its handle. Each task
+/// matching the consumer is handed to `handler` as a [`Message`] with the
+/// payload deserialized into `T`. `Ok` acks the task; an error retries it
+/// after a backoff, or discards it ([`HandlerError::discard`]) — as does a
+/// payload that does not deserialize into `T`. A panic is a failed attempt.
+///
+/// Many subscribers, in one process or many, may serve one consumer: each
+/// task is held by one of them at a time.
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), sluice::Error> {
+/// use sluice::{sub, Message, Subscription, HandlerError};
+/// #[derive(serde::Deserialize)]
+/// struct Order { id: u64 }
+///
+/// let handle = sub(&pool, Subscription::new("orders", "billing"), |msg: Message<Order>| async move {
+///     println!("order {}", msg.payload().id);
+///     Ok::<_, HandlerError>(())
+/// })
+/// .await?;
+/// # handle.shutdown(std::time::Duration::from_secs(10)).await;
+/// # Ok(()) }
+/// ```
+pub async fn sub<T, F, Fut>(pool: &PgPool, subscription: Subscription, handler: F) -> Result<SubscriberHandle, Error>
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(Message<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    subscription.validate()?;
+    let lookup: Option<ConsumerLookup> = sqlx::query_as(sql::CONSUMER_LOOKUP)
+        .bind(&subscription.stream)
+        .bind(&subscription.consumer)
+        .fetch_optional(pool)
+        .await
+        .map_err(Error::db)?;
+    let Some(lookup) = lookup else {
+        get_stream(pool, &subscription.stream).await?;
+        return Err(Error::ConsumerNotFound { stream: subscription.stream, consumer: subscription.consumer });
+    };
+    let lease_ms = match subscription.lease {
+        Some(l) => duration_ms("lease", l)?,
+        None => lookup.lease_ms,
+    };
+    let worker_id = Uuid::new_v4();
+    sqlx::query(sql::WORKER_REGISTER)
+        .bind(worker_id)
+        .bind(lookup.id)
+        .bind(hostname())
+        .bind(std::process::id() as i32)
+        .execute(pool)
+        .await
+        .map_err(Error::db)?;
+
+    let shared = Arc::new(Shared {
+        pool: pool.clone(),
+        stream: subscription.stream.clone(),
+        consumer: subscription.consumer.clone(),
+        consumer_id: lookup.id,
+        stream_id: lookup.stream_id,
+        worker_id,
+        lease_ms,
+        backoff_initial: ms_to_duration(lookup.backoff_initial_ms),
+        backoff_max: ms_to_duration(lookup.backoff_max_ms),
+        backoff: subscription.backoff.clone(),
+        in_flight: Mutex::new(HashMap::new()),
+        stopping: AtomicBool::new(false),
+    });
+    let stop = CancellationToken::new();
+    let deadline = Arc::new(Mutex::new(Duration::ZERO));
+    let span = tracing::info_span!("sluice.subscriber", stream = %shared.stream, consumer = %shared.consumer, worker = %worker_id);
+    let driver = Driver {
+        shared,
+        handler: Arc::new(handler),
+        sub: subscription,
+        stop: stop.clone(),
+        deadline: deadline.clone(),
+        _payload: std::marker::PhantomData,
+    };
+    let driver = tokio::spawn(driver.run().instrument(span));
+    info!(%worker_id, "subscriber started");
+    Ok(SubscriberHandle { worker_id: WorkerId(worker_id), stop, deadline, driver })
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+struct Driver<T, F> {
+    shared: Arc<Shared>,
+    handler: Arc<F>,
+    sub: Subscription,
+    stop: CancellationToken,
+    deadline: Arc<Mutex<Duration>>,
+    _payload: std::marker::PhantomData<fn() -> T>,
+}
+
+/// Exponential backoff for database errors: 100 ms doubling to 30 s.
+struct ErrorBackoff(Duration);
+
+impl ErrorBackoff {
+    fn new() -> Self {
+        ErrorBackoff(Duration::ZERO)
+    }
+    fn next(&mut self) -> Duration {
+        self.0 = (self.0 * 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        self.0
+    }
+    fn reset(&mut self) {
+        self.0 = Duration::ZERO;
+    }
+}
+
+impl<T, F, Fut> Driver<T, F>
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(Message<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    async fn run(self) -> ShutdownReport {
+        let shared = self.shared.clone();
+        let helpers_stop = CancellationToken::new();
+        let wake = Arc::new(Notify::new());
+        let (ack_tx, ack_rx) = mpsc::channel::<(i64, i32)>(self.sub.concurrency + self.sub.batch_size);
+        let acker = tokio::spawn(acker(shared.clone(), ack_rx).in_current_span());
+        let keeper = tokio::spawn(keeper(shared.clone(), self.sub.heartbeat, helpers_stop.clone()).in_current_span());
+        let listener = tokio::spawn(listener(shared.clone(), wake.clone(), helpers_stop.clone()).in_current_span());
+
+        let concurrency = self.sub.concurrency;
+        let batch = self.sub.batch_size;
+        let mut buffer: VecDeque<ClaimedRow> = VecDeque::with_capacity(batch);
+        let mut running: JoinSet<()> = JoinSet::new();
+        let mut running_keys: HashMap<tokio::task::Id, (i64, i32)> = HashMap::new();
+        // dirty: the stream may hold events not yet materialized.
+        // idle: the last claim found nothing, so wait for news before claiming.
+        let mut dirty = true;
+        let mut idle = false;
+        let mut pause_until: Option<Instant> = None;
+        let mut errors = ErrorBackoff::new();
+        let mut next_tick = Instant::now() + self.sub.poll_interval;
+        let mut next_maintenance = Instant::now();
+
+        loop {
+            while running.len() < concurrency {
+                let Some(row) = buffer.pop_front() else { break };
+                let key = (row.event_id, row.attempt);
+                let handle = running.spawn(self.handle(row, ack_tx.clone()).in_current_span());
+                running_keys.insert(handle.id(), key);
+            }
+            if self.stop.is_cancelled() {
+                break;
+            }
+            let now = Instant::now();
+            let db_ok = pause_until.is_none_or(|t| now >= t);
+            if db_ok && now >= next_maintenance {
+                next_maintenance = now + self.sub.poll_interval;
+                match self.maintain().await {
+                    Ok(promoted) => {
+                        if promoted {
+                            idle = false;
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "housekeeping failed"),
+                }
+            }
+            let room = (concurrency + batch).saturating_sub(running.len() + buffer.len());
+            if db_ok && room >= (batch / 2).max(1) && (dirty || !idle) {
+                if dirty {
+                    match self.refill().await {
+                        Ok(Refill { busy: true, .. }) => {
+                            // Another subscriber is refilling: look again shortly,
+                            // in case events arrived after its snapshot.
+                            pause_until = Some(Instant::now() + Duration::from_millis(20));
+                        }
+                        Ok(r) => {
+                            dirty = r.more;
+                            if r.materialized > 0 {
+                                idle = false;
+                            }
+                        }
+                        Err(e) => {
+                            let wait = errors.next();
+                            warn!(error = %e, retry_in = ?wait, "refill failed");
+                            pause_until = Some(Instant::now() + wait);
+                            continue;
+                        }
+                    }
+                }
+                match self.claim(room.min(batch)).await {
+                    Ok(rows) => {
+                        errors.reset();
+                        idle = rows.is_empty();
+                        if !idle {
+                            let mut held = shared.in_flight.lock().expect("in-flight map poisoned");
+                            for r in &rows {
+                                held.insert(r.event_id, r.attempt);
+                            }
+                        }
+                        let got = rows.len();
+                        buffer.extend(rows);
+                        if got > 0 {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        let wait = errors.next();
+                        warn!(error = %e, retry_in = ?wait, "claim failed");
+                        pause_until = Some(Instant::now() + wait);
+                        continue;
+                    }
+                }
+            }
+
+            let pause = pause_until.unwrap_or(next_tick);
+            tokio::select! {
+                _ = self.stop.cancelled() => {}
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    let id = match &done { Ok((id, ())) => *id, Err(e) => e.id() };
+                    running_keys.remove(&id);
+                }
+                _ = wake.notified() => { dirty = true; idle = false; }
+                _ = sleep_until(next_tick) => {
+                    dirty = true;
+                    idle = false;
+                    next_tick = Instant::now() + self.sub.poll_interval;
+                }
+                _ = sleep_until(pause), if pause_until.is_some() => { pause_until = None; }
+                _ = sleep_until(next_maintenance), if pause_until.is_none() => {}
+            }
+        }
+
+        // Shutdown: stop claiming, hand back what never started, wait for the rest.
+        shared.stopping.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + *self.deadline.lock().expect("deadline poisoned");
+        let unstarted: Vec<(i64, i32, bool)> = buffer.drain(..).map(|r| (r.event_id, r.attempt, false)).collect();
+        let released = unstarted.len();
+        self.release(&unstarted).await;
+        loop {
+            tokio::select! {
+                done = running.join_next_with_id() => match done {
+                    None => break,
+                    Some(done) => {
+                        let id = match &done { Ok((id, ())) => *id, Err(e) => e.id() };
+                        running_keys.remove(&id);
+                    }
+                },
+                _ = sleep_until(deadline) => break,
+            }
+        }
+        running.abort_all();
+        while running.join_next().await.is_some() {}
+        let stopped: Vec<(i64, i32, bool)> = running_keys.values().map(|&(e, a)| (e, a, true)).collect();
+        let aborted = stopped.len();
+        self.release(&stopped).await;
+        drop(ack_tx);
+        // Give the acker until the deadline (and a little) to flush what is left.
+        let grace = deadline.max(Instant::now()) + Duration::from_secs(5);
+        if tokio::time::timeout_at(grace, acker).await.is_err() {
+            warn!("pending acks not flushed before the deadline; their tasks come back when their leases end");
+        }
+        helpers_stop.cancel();
+        let _ = keeper.await;
+        let _ = listener.await;
+        if let Err(e) = sqlx::query(sql::WORKER_UNREGISTER).bind(shared.worker_id).execute(&shared.pool).await {
+            warn!(error = %e, "could not unregister the worker; it will be forgotten once its heartbeat is stale");
+        }
+        info!(released, aborted, "subscriber stopped");
+        ShutdownReport { released, aborted }
+    }
+
+    fn handle(&self, row: ClaimedRow, acks: mpsc::Sender<(i64, i32)>) -> impl Future<Output = ()> + Send + 'static {
+        let shared = self.shared.clone();
+        let handler = self.handler.clone();
+        async move {
+            let (event_id, attempt) = (row.event_id, row.attempt);
+            let payload = match serde_json::from_str::<T>(&row.payload) {
+                Ok(p) => p,
+                Err(e) => {
+                    let error = format!(
+                        "payload of event {event_id} does not deserialize into {}: {e}",
+                        std::any::type_name::<T>()
+                    );
+                    warn!(event_id, %error, "discarding task");
+                    fail(&shared, event_id, attempt, &error, false).await;
+                    shared.forget(event_id);
+                    return;
+                }
+            };
+            let settled = Arc::new(AtomicU8::new(UNSETTLED));
+            let msg = Message {
+                id: EventId(event_id),
+                subject: row.subject,
+                payload,
+                metadata: serde_json::from_str(&row.metadata).unwrap_or_default(),
+                key: row.key,
+                created_at: row.created_at,
+                attempt,
+                priority: Priority::from_db(row.priority),
+                shared: shared.clone(),
+                settled: settled.clone(),
+            };
+            let outcome = AssertUnwindSafe(handler(msg)).catch_unwind().await;
+            let how = settled.load(Ordering::Acquire);
+            match outcome {
+                Ok(Ok(())) if how == UNSETTLED => {
+                    if acks.send((event_id, attempt)).await.is_err() {
+                        shared.forget(event_id);
+                    }
+                    return;
+                }
+                // Acked explicitly; with ack_tx the caller's commit decides,
+                // and if it rolled back the lease brings the task back.
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if how == ACKED => {
+                    warn!(event_id, error = %e, "handler failed after acking; the ack stands");
+                }
+                Ok(Err(e)) => fail(&shared, event_id, attempt, e.message(), e.is_retryable()).await,
+                Err(panic) if how == ACKED => {
+                    warn!(event_id, panic = %panic_message(&panic), "handler panicked after acking; the ack stands");
+                }
+                Err(panic) => {
+                    let error = format!("handler panicked: {}", panic_message(&panic));
+                    fail(&shared, event_id, attempt, &error, true).await;
+                }
+            }
+            shared.forget(event_id);
+        }
+    }
+
+    async fn refill(&self) -> Result<Refill, sqlx::Error> {
+        let (materialized, more, busy): (i32, bool, bool) = sqlx::query_as(sql::REFILL)
+            .bind(self.shared.consumer_id)
+            .bind(self.sub.refill_chunk)
+            .fetch_one(&self.shared.pool)
+            .await?;
+        if materialized > 0 {
+            debug!(materialized, more, "refilled");
+        }
+        Ok(Refill { materialized, more, busy })
+    }
+
+    async fn claim(&self, n: usize) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+        sqlx::query_as(sql::CLAIM)
+            .bind(self.shared.consumer_id)
+            .bind(n as i64)
+            .bind(self.shared.worker_id)
+            .bind(self.shared.lease_ms)
+            .fetch_all(&self.shared.pool)
+            .await
+    }
+
+    /// Returns whether scheduled tasks became available.
+    async fn maintain(&self) -> Result<bool, sqlx::Error> {
+        let (promoted, expired, forgotten, purged): (i64, i64, i64, i64) = sqlx::query_as(sql::MAINTAIN)
+            .bind(self.shared.consumer_id)
+            .bind(self.sub.dead_after.as_millis() as i64)
+            .bind(1000_i64)
+            .fetch_one(&self.shared.pool)
+            .await?;
+        if expired > 0 || forgotten > 0 {
+            info!(expired, forgotten, "freed tasks of lost leases and stopped workers");
+        }
+        if promoted > 0 || purged > 0 {
+            debug!(promoted, purged, "housekeeping");
+        }
+        Ok(promoted > 0 || expired > 0)
+    }
+
+    async fn release(&self, tasks: &[(i64, i32, bool)]) {
+        if tasks.is_empty() {
+            return;
+        }
+        let events: Vec<i64> = tasks.iter().map(|t| t.0).collect();
+        let attempts: Vec<i32> = tasks.iter().map(|t| t.1).collect();
+        let started: Vec<bool> = tasks.iter().map(|t| t.2).collect();
+        let result = sqlx::query_scalar::<_, i64>(sql::RELEASE)
+            .bind(self.shared.consumer_id)
+            .bind(&events)
+            .bind(&attempts)
+            .bind(self.shared.worker_id)
+            .bind(&started)
+            .fetch_one(&self.shared.pool)
+            .await;
+        match result {
+            Ok(n) => debug!(released = n, "handed tasks back"),
+            Err(e) => warn!(error = %e, "could not hand tasks back; they come back when their leases end"),
+        }
+        let mut held = self.shared.in_flight.lock().expect("in-flight map poisoned");
+        for e in events {
+            held.remove(&e);
+        }
+    }
+}
+
+struct Refill {
+    materialized: i32,
+    more: bool,
+    busy: bool,
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+/// Records a failed attempt: a retry after the backoff, or a discard.
+async fn fail(shared: &Shared, event_id: i64, attempt: i32, error: &str, retry: bool) {
+    let delay = shared.retry_delay(attempt);
+    let result: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(sql::FAIL)
+        .bind(shared.consumer_id)
+        .bind(event_id)
+        .bind(attempt)
+        .bind(shared.worker_id)
+        .bind(error)
+        .bind(delay.as_millis() as i64)
+        .bind(!retry)
+        .fetch_optional(&shared.pool)
+        .await;
+    match result {
+        Ok(Some(state)) => debug!(event_id, attempt, %state, error, "attempt failed"),
+        Ok(None) => warn!(event_id, attempt, "attempt failed after its lease was lost; nothing recorded"),
+        Err(e) => {
+            warn!(event_id, attempt, error = %e, "could not record a failed attempt; the lease will bring the task back")
+        }
+    }
+}
+
+/// Flushes implicit acks: whatever has queued up while the last flush ran
+/// goes in the next statement, so batches grow with load and an idle
+/// subscriber acks at once.
+async fn acker(shared: Arc<Shared>, mut rx: mpsc::Receiver<(i64, i32)>) {
+    const MAX_FLUSH: usize = 5_000;
+    let mut errors = ErrorBackoff::new();
+    let mut events = Vec::new();
+    let mut attempts = Vec::new();
+    while let Some((e, a)) = rx.recv().await {
+        events.clear();
+        attempts.clear();
+        events.push(e);
+        attempts.push(a);
+        while events.len() < MAX_FLUSH {
+            match rx.try_recv() {
+                Ok((e, a)) => {
+                    events.push(e);
+                    attempts.push(a);
+                }
+                Err(_) => break,
+            }
+        }
+        loop {
+            let result: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(sql::ACK)
+                .bind(shared.consumer_id)
+                .bind(&events)
+                .bind(&attempts)
+                .fetch_all(&shared.pool)
+                .await;
+            match result {
+                Ok(done) => {
+                    errors.reset();
+                    if done.len() < events.len() {
+                        warn!(
+                            lost = events.len() - done.len(),
+                            "some acks came after their leases were lost; those tasks run again"
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    let wait = errors.next();
+                    warn!(error = %e, pending = events.len(), retry_in = ?wait, "ack flush failed");
+                    sleep(wait).await;
+                }
+            }
+        }
+        let mut held = shared.in_flight.lock().expect("in-flight map poisoned");
+        for e in &events {
+            held.remove(e);
+        }
+    }
+}
+
+/// Extends the leases of held tasks and beats the worker's heart.
+async fn keeper(shared: Arc<Shared>, heartbeat: Duration, stop: CancellationToken) {
+    let every = heartbeat.min(Duration::from_millis((shared.lease_ms / 3).max(100) as u64));
+    let mut errors = ErrorBackoff::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = sleep(every) => {}
+        }
+        let (events, attempts): (Vec<i64>, Vec<i32>) =
+            shared.in_flight.lock().expect("in-flight map poisoned").iter().map(|(e, a)| (*e, *a)).unzip();
+        let status = if shared.stopping.load(Ordering::Relaxed) {
+            "stopping"
+        } else if events.is_empty() {
+            "idle"
+        } else {
+            "active"
+        };
+        let result: Result<(i64, i64), sqlx::Error> = sqlx::query_as(sql::KEEPALIVE)
+            .bind(shared.consumer_id)
+            .bind(&events)
+            .bind(&attempts)
+            .bind(shared.worker_id)
+            .bind(shared.lease_ms)
+            .bind(status)
+            .fetch_one(&shared.pool)
+            .await;
+        match result {
+            Ok((extended, registered)) => {
+                errors.reset();
+                if (extended as usize) < events.len() {
+                    debug!(lost = events.len() - extended as usize, "some held tasks were settled or lost meanwhile");
+                }
+                if registered == 0 {
+                    // Another subscriber took us for dead; come back.
+                    warn!("worker row missing (heartbeat was late); registering again");
+                    let _ = sqlx::query(sql::WORKER_REGISTER)
+                        .bind(shared.worker_id)
+                        .bind(shared.consumer_id)
+                        .bind(hostname())
+                        .bind(std::process::id() as i32)
+                        .execute(&shared.pool)
+                        .await;
+                }
+            }
+            Err(e) => {
+                let wait = errors.next();
+                warn!(error = %e, "lease extension failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// LISTENs on the stream's channel and wakes the driver on every notification
+/// (a `Notify` folds a burst into one wake-up). Reconnects with backoff.
+async fn listener(shared: Arc<Shared>, wake: Arc<Notify>, stop: CancellationToken) {
+    let channel = format!("sluice.{}", shared.stream_id);
+    let mut errors = ErrorBackoff::new();
+    loop {
+        let connected = async {
+            let mut l = PgListener::connect_with(&shared.pool).await?;
+            l.listen(&channel).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = tokio::select! {
+            _ = stop.cancelled() => return,
+            l = connected => match l {
+                Ok(l) => l,
+                Err(e) => {
+                    let wait = errors.next();
+                    warn!(error = %e, retry_in = ?wait, "LISTEN connection failed; polling meanwhile");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = sleep(wait) => continue,
+                    }
+                }
+            }
+        };
+        errors.reset();
+        // Anything may have happened while we were not listening.
+        wake.notify_one();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                n = listener.try_recv() => match n {
+                    Ok(Some(_)) => wake.notify_one(),
+                    Ok(None) => {
+                        // The connection dropped; the next call reconnects.
+                        warn!("LISTEN connection lost; reconnecting");
+                        wake.notify_one();
+                    }
+                    Err(e) => {
+                        let wait = errors.next();
+                        warn!(error = %e, retry_in = ?wait, "LISTEN failed; reconnecting");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = sleep(wait) => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

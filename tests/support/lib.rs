@@ -1,0 +1,159 @@
+//! Test support: every test gets its own fresh database on a real Postgres.
+//!
+//! Where the server comes from, in order:
+//! 1. `DATABASE_URL`, when set (tests create their databases on that server);
+//! 2. a local server on 127.0.0.1:5432 (user `postgres`), if one answers;
+//! 3. a Postgres container started with `testcontainers`, when Docker runs;
+//! 4. otherwise the run stops with one line saying how to provide one.
+//!
+//! Databases are dropped when the `TestDb` is dropped, even if the test failed.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+
+const LOCAL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Connection options of the server the tests use (its maintenance database).
+static SERVER: OnceCell<PgConnectOptions> = OnceCell::const_new();
+
+/// The server, found once per test binary.
+pub async fn server() -> &'static PgConnectOptions {
+    SERVER.get_or_init(find_server).await
+}
+
+async fn find_server() -> PgConnectOptions {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        let opts = PgConnectOptions::from_str(&url)
+            .unwrap_or_else(|e| stop(&format!("DATABASE_URL is not a valid Postgres URL: {e}")));
+        if let Err(e) = try_connect(&opts).await {
+            stop(&format!("cannot connect to DATABASE_URL ({}): {e}", redact(&url)));
+        }
+        return opts;
+    }
+    let local = PgConnectOptions::from_str(LOCAL).expect("valid URL");
+    if try_connect(&local).await.is_ok() {
+        return local;
+    }
+    if let Some(opts) = container().await {
+        return opts;
+    }
+    stop(
+        "no Postgres for the tests: set DATABASE_URL (postgres://user:pass@host:port/db), \
+         run one on 127.0.0.1:5432 (user postgres), or start Docker so testcontainers can (`just db-up`)",
+    );
+}
+
+fn stop(line: &str) -> ! {
+    eprintln!("sluice tests: {line}");
+    std::process::exit(1);
+}
+
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((creds, rest)) if creds.contains(':') && creds.matches(':').count() > 1 => {
+            let scheme_user = creds.rsplit_once(':').map(|(a, _)| a).unwrap_or(creds);
+            format!("{scheme_user}:***@{rest}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn try_connect(opts: &PgConnectOptions) -> Result<(), sqlx::Error> {
+    let conn = tokio::time::timeout(Duration::from_secs(3), PgConnection::connect_with(opts))
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    conn.close().await
+}
+
+async fn container() -> Option<PgConnectOptions> {
+    use testcontainers_modules::postgres::Postgres;
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    use testcontainers_modules::testcontainers::ImageExt;
+
+    let docker_up = std::process::Command::new("docker")
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !docker_up {
+        return None;
+    }
+    let container = Postgres::default().with_tag("15-alpine").start().await.ok()?;
+    let port = container.get_host_port_ipv4(5432).await.ok()?;
+    // Kept for the life of the test binary; testcontainers' reaper removes it after.
+    Box::leak(Box::new(container));
+    Some(
+        PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .username("postgres")
+            .password("postgres")
+            .database("postgres"),
+    )
+}
+
+/// A fresh database of its own for one test, dropped when this is dropped.
+pub struct TestDb {
+    /// A pool on the test's database.
+    pub pool: PgPool,
+    /// The test database's URL (for child processes and the CLI).
+    pub url: String,
+    name: String,
+}
+
+impl TestDb {
+    /// A new database with Sluice's migrations applied.
+    pub async fn new() -> TestDb {
+        let db = TestDb::empty().await;
+        sluice::migrate(&db.pool).await.expect("Sluice migrations apply to a fresh database");
+        db
+    }
+
+    /// A new, empty database (no migrations).
+    pub async fn empty() -> TestDb {
+        let server = server().await;
+        let name = format!("sluice_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = server.connect().await.expect("connect to the test server");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await.expect("create test database");
+        admin.close().await.ok();
+        let opts = server.clone().database(&name);
+        let pool = PgPoolOptions::new().max_connections(20).connect_with(opts.clone()).await.expect("connect");
+        let url = opts.to_url_lossy().to_string();
+        TestDb { pool, url, name }
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Options for more connections to this database.
+    pub async fn options(&self) -> PgConnectOptions {
+        server().await.clone().database(&self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let Some(server) = SERVER.get().cloned() else { return };
+        // Drop runs inside the test's runtime, which cannot be blocked on;
+        // a short-lived thread with its own runtime drops the database.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let mut admin = server.connect().await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("warning: could not drop test database {}", self.name);
+        }
+    }
+}
