@@ -1,0 +1,37 @@
+# Commands a contributor types. `just --list` shows them.
+
+# The Postgres the tests and the demo use, unless DATABASE_URL says otherwise.
+export DATABASE_URL := env_var_or_default("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+# Run every test (each gets its own database on DATABASE_URL's server).
+test *ARGS:
+    cargo test --workspace {{ARGS}}
+
+# Formatting and clippy, as CI checks them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Start a throwaway Postgres 15 in Docker on 127.0.0.1:5432 (for laptops).
+db-up:
+    docker run -d --rm --name sluice-postgres -e POSTGRES_HOST_AUTH_METHOD=trust -p 127.0.0.1:5432:5432 postgres:15-alpine
+
+# Stop the Docker Postgres started by db-up.
+db-down:
+    docker stop sluice-postgres
+
+# Exactly what CI runs: Postgres up, tests, lints.
+ci:
+    bash .ci/run
+
+# The demo: publish events and process them.
+demo:
+    cargo run --example quickstart
+
+# The sluice CLI, e.g. `just sluice migrate status`.
+sluice *ARGS:
+    cargo run -q -p sluice-cli -- {{ARGS}}
