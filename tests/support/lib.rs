@@ -157,3 +157,33 @@ impl Drop for TestDb {
         }
     }
 }
+
+/// Polls `check` every 20 ms until it returns true; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Tasks of a consumer by state, as `(state, count)` sorted by state.
+pub async fn task_states(pool: &PgPool, consumer: &str) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "SELECT t.state::text, count(*) FROM sluice.tasks t JOIN sluice.consumers c ON c.id = t.consumer_id
+         WHERE c.name = $1 GROUP BY 1 ORDER BY 1",
+    )
+    .bind(consumer)
+    .fetch_all(pool)
+    .await
+    .expect("count tasks")
+}
