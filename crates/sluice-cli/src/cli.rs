@@ -71,6 +71,9 @@ pub async fn run(opt: Opt) -> Result<()> {
 async fn connect(url: Option<&str>) -> Result<PgPool> {
     let url =
         url.filter(|u| !u.trim().is_empty()).context("no database given: pass --database-url or set DATABASE_URL")?;
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        anyhow::bail!("invalid database URL: it must start with postgres:// or postgresql://");
+    }
     let options: PgConnectOptions = url.parse().context("invalid database URL")?;
     // One direct connection first: a pool retries until its timeout and then
     // reports only that, hiding "connection refused" or "password failed".

@@ -92,6 +92,32 @@ pub enum Error {
         /// Each differing setting, `name: stored X, requested Y`.
         differences: String,
     },
+    /// No task of that consumer for that event.
+    #[error("consumer {consumer:?} of stream {stream:?} has no task for event {event_id}")]
+    TaskNotFound {
+        /// The stream's name.
+        stream: String,
+        /// The consumer's name.
+        consumer: String,
+        /// The event.
+        event_id: EventId,
+    },
+    /// The task is in a state that does not allow the action; nothing was changed.
+    #[error("cannot {action} the task of event {event_id} of consumer {consumer:?} (stream {stream:?}): it is {state}, and only {allowed} tasks can be")]
+    TaskState {
+        /// The stream's name.
+        stream: String,
+        /// The consumer's name.
+        consumer: String,
+        /// The event.
+        event_id: EventId,
+        /// The state it is in.
+        state: crate::ids::TaskState,
+        /// What was asked: `cancel` or `retry`.
+        action: &'static str,
+        /// The states that allow it.
+        allowed: String,
+    },
     /// The Sluice schema is missing: run the migrations first.
     #[error(
         "the Sluice schema is not installed in this database: run `sluice migrate up` or `sluice::migrate(&pool)`"

@@ -38,6 +38,7 @@ mod publish;
 mod sql;
 mod subject;
 mod subscriber;
+mod tasks;
 
 pub use admin::{
     create_consumer, create_stream, delete_consumer, delete_stream, get_consumer, get_stream, list_consumers,
@@ -45,8 +46,9 @@ pub use admin::{
 };
 pub use error::{Error, InvalidInput, MigrateError, TaskError};
 pub use ids::{EventId, Priority, TaskState, WorkerId};
-pub use message::{HandlerError, Message};
+pub use message::{Defer, HandlerError, Message, Nack, TaskRef};
 pub use migrate::{migrate, migrate_down, migration_status, MigrationStatus, Steps};
 pub use publish::{publish, publish_batch, NewEvent, MAX_PAYLOAD_BYTES};
 pub use subject::{check_pattern, check_subject, subject_matches};
 pub use subscriber::{sub, BackoffFn, ShutdownReport, SubscriberHandle, Subscription};
+pub use tasks::{cancel_task, get_task, retry_task, task_log, Task, TaskLogEntry};

@@ -4,37 +4,38 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
-use crate::error::TaskError;
-use crate::ids::{EventId, Priority, TaskState};
+use crate::error::{InvalidInput, TaskError};
+use crate::ids::{EventId, Priority, TaskState, WorkerId};
 use crate::sql;
 use crate::subscriber::Shared;
 
 /// How a handler settled its task, if it did so itself.
 pub(crate) const UNSETTLED: u8 = 0;
-/// Acked on the subscriber's pool: done.
+/// Acked, nacked or deferred on the subscriber's pool: done.
 pub(crate) const ACKED: u8 = 1;
-/// Acked inside the caller's transaction: done only if it commits.
-pub(crate) const ACKED_IN_TX: u8 = 2;
+/// Settled inside the caller's transaction: done only if it commits.
+pub(crate) const SETTLED_IN_TX: u8 = 2;
 
 /// One task handed to a handler: the event (typed payload) and the task's
 /// attempt and priority.
 ///
 /// Returning `Ok` from the handler acks the task; returning an error
-/// schedules a retry. A handler may instead ack explicitly, on the
-/// subscriber's pool ([`Message::ack`]) or inside its own transaction
-/// ([`Message::ack_tx`]).
+/// schedules a retry. A handler may instead settle it explicitly, on the
+/// subscriber's pool ([`Message::ack`], [`Message::nack`], [`Message::defer`])
+/// or inside its own transaction ([`Message::ack_tx`], [`Message::nack_tx`],
+/// [`Message::defer_tx`]); then its return value no longer acks.
 pub struct Message<T> {
-    pub(crate) id: EventId,
+    pub(crate) task: TaskRef,
     pub(crate) subject: String,
     pub(crate) payload: T,
     pub(crate) metadata: BTreeMap<String, String>,
     pub(crate) key: Option<String>,
     pub(crate) created_at: DateTime<Utc>,
-    pub(crate) attempt: i32,
     pub(crate) priority: Priority,
     pub(crate) shared: Arc<Shared>,
     pub(crate) settled: Arc<AtomicU8>,
@@ -43,11 +44,11 @@ pub struct Message<T> {
 impl<T: fmt::Debug> fmt::Debug for Message<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
-            .field("stream", &self.shared.stream)
-            .field("consumer", &self.shared.consumer)
-            .field("id", &self.id)
+            .field("stream", &self.task.stream)
+            .field("consumer", &self.task.consumer)
+            .field("id", &self.task.event_id)
             .field("subject", &self.subject)
-            .field("attempt", &self.attempt)
+            .field("attempt", &self.task.attempt)
             .field("priority", &self.priority)
             .field("payload", &self.payload)
             .finish_non_exhaustive()
@@ -57,17 +58,17 @@ impl<T: fmt::Debug> fmt::Debug for Message<T> {
 impl<T> Message<T> {
     /// The event's id.
     pub fn id(&self) -> EventId {
-        self.id
+        self.task.event_id
     }
 
     /// The stream the event was published to.
     pub fn stream(&self) -> &str {
-        &self.shared.stream
+        &self.task.stream
     }
 
     /// The consumer this task belongs to.
     pub fn consumer(&self) -> &str {
-        &self.shared.consumer
+        &self.task.consumer
     }
 
     /// The event's subject.
@@ -95,9 +96,10 @@ impl<T> Message<T> {
         self.created_at
     }
 
-    /// This attempt's number: 1 on first delivery.
+    /// This attempt's number: 1 on first delivery. Deferrals and requeues
+    /// count too, so a growing delay can be built on it.
     pub fn attempt(&self) -> i32 {
-        self.attempt
+        self.task.attempt
     }
 
     /// The task's priority.
@@ -110,10 +112,19 @@ impl<T> Message<T> {
         TaskState::Running
     }
 
+    /// This attempt's hold on the task, to settle it from elsewhere (another
+    /// task, or a later callback) with [`TaskRef::ack`] and friends.
+    pub fn task(&self) -> &TaskRef {
+        &self.task
+    }
+
     /// Acks the task now, on the subscriber's pool. Fails with
     /// [`TaskError::LeaseLost`] when this attempt no longer holds the task.
     pub async fn ack(&self) -> Result<(), TaskError> {
-        self.ack_on(&self.shared.pool, ACKED).await
+        self.check_unsettled()?;
+        self.task.ack(&self.shared.pool).await?;
+        self.settled.store(ACKED, Ordering::Release);
+        Ok(())
     }
 
     /// Acks the task inside the caller's transaction: the task completes only
@@ -130,28 +141,236 @@ impl<T> Message<T> {
     /// # Ok(()) }
     /// ```
     pub async fn ack_tx<'e>(&self, tx: impl PgExecutor<'e>) -> Result<(), TaskError> {
-        self.ack_on(tx, ACKED_IN_TX).await
+        self.check_unsettled()?;
+        self.task.ack(tx).await?;
+        self.settled.store(SETTLED_IN_TX, Ordering::Release);
+        Ok(())
     }
 
-    async fn ack_on<'e>(&self, db: impl PgExecutor<'e>, how: u8) -> Result<(), TaskError> {
+    /// Nacks the task now: discard it, or requeue it at the start or the end
+    /// of the queue (a requeue counts as an attempt).
+    pub async fn nack(&self, nack: Nack) -> Result<TaskState, TaskError> {
+        self.check_unsettled()?;
+        let state = self.task.nack(&self.shared.pool, nack).await?;
+        self.settled.store(ACKED, Ordering::Release);
+        Ok(state)
+    }
+
+    /// [`Message::nack`] inside the caller's transaction.
+    pub async fn nack_tx<'e>(&self, tx: impl PgExecutor<'e>, nack: Nack) -> Result<TaskState, TaskError> {
+        self.check_unsettled()?;
+        let state = self.task.nack(tx, nack).await?;
+        self.settled.store(SETTLED_IN_TX, Ordering::Release);
+        Ok(state)
+    }
+
+    /// Defers the task: it waits in `scheduled` and comes back when due, with
+    /// the priority given (default: its own). Returns when it is due.
+    pub async fn defer(&self, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
+        self.check_unsettled()?;
+        let due = self.task.defer(&self.shared.pool, defer).await?;
+        self.settled.store(ACKED, Ordering::Release);
+        Ok(due)
+    }
+
+    /// [`Message::defer`] inside the caller's transaction.
+    pub async fn defer_tx<'e>(&self, tx: impl PgExecutor<'e>, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
+        self.check_unsettled()?;
+        let due = self.task.defer(tx, defer).await?;
+        self.settled.store(SETTLED_IN_TX, Ordering::Release);
+        Ok(due)
+    }
+
+    fn check_unsettled(&self) -> Result<(), TaskError> {
         if self.settled.load(Ordering::Acquire) == ACKED {
-            return Err(TaskError::AlreadySettled { consumer: self.shared.consumer.clone(), event_id: self.id });
+            return Err(TaskError::AlreadySettled {
+                consumer: self.task.consumer.clone(),
+                event_id: self.task.event_id,
+            });
         }
+        Ok(())
+    }
+}
+
+/// One attempt's hold on one task: what ack, nack and defer are fenced by.
+/// Settling with an attempt that no longer holds the task (its lease ended
+/// and the task was handed out again, or it was settled already) changes
+/// nothing and fails with [`TaskError::LeaseLost`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskRef {
+    /// The consumer's stream.
+    pub stream: String,
+    /// The consumer's name.
+    pub consumer: String,
+    /// The consumer's internal id.
+    pub consumer_id: i32,
+    /// The task's event.
+    pub event_id: EventId,
+    /// The attempt holding the task.
+    pub attempt: i32,
+    /// The worker holding the task.
+    pub worker_id: WorkerId,
+}
+
+impl TaskRef {
+    fn lost(&self) -> TaskError {
+        TaskError::LeaseLost { consumer: self.consumer.clone(), event_id: self.event_id, attempt: self.attempt }
+    }
+
+    /// Completes the task (deleted, or kept as completed per the consumer's retention).
+    pub async fn ack<'e>(&self, db: impl PgExecutor<'e>) -> Result<(), TaskError> {
         let done: Vec<i64> = sqlx::query_scalar(sql::ACK)
-            .bind(self.shared.consumer_id)
-            .bind(vec![self.id.0])
+            .bind(self.consumer_id)
+            .bind(vec![self.event_id.0])
             .bind(vec![self.attempt])
             .fetch_all(db)
             .await?;
         if done.is_empty() {
-            return Err(TaskError::LeaseLost {
-                consumer: self.shared.consumer.clone(),
-                event_id: self.id,
-                attempt: self.attempt,
-            });
+            return Err(self.lost());
         }
-        self.settled.store(how, Ordering::Release);
         Ok(())
+    }
+
+    /// Discards or requeues the task; returns its new state (a requeue on the
+    /// last attempt discards).
+    pub async fn nack<'e>(&self, db: impl PgExecutor<'e>, nack: Nack) -> Result<TaskState, TaskError> {
+        let state: Option<String> = sqlx::query_scalar(sql::NACK)
+            .bind(self.consumer_id)
+            .bind(self.event_id.0)
+            .bind(self.attempt)
+            .bind(self.worker_id.0)
+            .bind(nack.action.as_str())
+            .bind(nack.reason)
+            .fetch_optional(db)
+            .await?;
+        let state = state.ok_or_else(|| self.lost())?;
+        Ok(state.parse().unwrap_or(TaskState::Discarded))
+    }
+
+    /// Defers the task; returns when it is due.
+    pub async fn defer<'e>(&self, db: impl PgExecutor<'e>, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
+        let (until, delay_ms) = match defer.when {
+            When::Until(t) => {
+                if t < Utc::now() {
+                    return Err(InvalidInput::Setting {
+                        setting: "defer",
+                        reason: format!("{t} is in the past: a deferral cannot have a negative delay"),
+                    }
+                    .into());
+                }
+                (Some(t), 0)
+            }
+            When::By(d) => (None, i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        };
+        let due: Option<DateTime<Utc>> = sqlx::query_scalar(sql::DEFER)
+            .bind(self.consumer_id)
+            .bind(self.event_id.0)
+            .bind(self.attempt)
+            .bind(self.worker_id.0)
+            .bind(until)
+            .bind(delay_ms)
+            .bind(defer.priority.map(|p| i16::from(p.get())))
+            .bind(defer.reason)
+            .fetch_optional(db)
+            .await?;
+        due.ok_or_else(|| self.lost())
+    }
+}
+
+/// How to nack a task, with an optional reason kept in its errors and the log.
+///
+/// ```
+/// use sluice::Nack;
+/// let nack = Nack::requeue_end().reason("rate limited");
+/// let dead = Nack::discard("malformed order");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nack {
+    action: NackAction,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NackAction {
+    Discard,
+    RequeueStart,
+    RequeueEnd,
+}
+
+impl NackAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            NackAction::Discard => "discard",
+            NackAction::RequeueStart => "start",
+            NackAction::RequeueEnd => "end",
+        }
+    }
+}
+
+impl Nack {
+    /// Discard the task: the dead-letter state, kept for inspection.
+    pub fn discard(reason: impl Into<String>) -> Self {
+        Nack { action: NackAction::Discard, reason: Some(reason.into()) }
+    }
+
+    /// Requeue the task at the start: it is the next claimed (among its priority).
+    pub fn requeue_start() -> Self {
+        Nack { action: NackAction::RequeueStart, reason: None }
+    }
+
+    /// Requeue the task at the end: after everything queued now.
+    pub fn requeue_end() -> Self {
+        Nack { action: NackAction::RequeueEnd, reason: None }
+    }
+
+    /// Why, for the task's errors and the audit log.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+}
+
+/// When and how to defer a task.
+///
+/// ```
+/// use std::time::Duration;
+/// use sluice::{Defer, Priority};
+/// let defer = Defer::by(Duration::from_secs(30)).priority(Priority::HIGHEST).reason("downstream unavailable");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defer {
+    when: When,
+    priority: Option<Priority>,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum When {
+    By(Duration),
+    Until(DateTime<Utc>),
+}
+
+impl Defer {
+    /// Due after this delay (measured by the database's clock).
+    pub fn by(delay: Duration) -> Self {
+        Defer { when: When::By(delay), priority: None, reason: None }
+    }
+
+    /// Due at this time; a time in the past is refused.
+    pub fn until(at: DateTime<Utc>) -> Self {
+        Defer { when: When::Until(at), priority: None, reason: None }
+    }
+
+    /// The priority it comes back with (default: the task's own).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Why, for the audit log.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
     }
 }
 

@@ -131,8 +131,14 @@ async fn applied(conn: &mut PgConnection) -> Result<Vec<Applied>, MigrateError> 
 }
 
 async fn up(conn: &mut PgConnection) -> Result<Vec<i64>, MigrateError> {
-    sqlx::raw_sql(
-        "CREATE SCHEMA IF NOT EXISTS sluice;
+    // Only when missing: CREATE SCHEMA IF NOT EXISTS needs the CREATE
+    // privilege even when the schema exists, and an up-to-date database
+    // should not need it.
+    let installed: bool =
+        sqlx::query_scalar("SELECT to_regclass('sluice._migrations') IS NOT NULL").fetch_one(&mut *conn).await?;
+    if !installed {
+        sqlx::raw_sql(
+            "CREATE SCHEMA IF NOT EXISTS sluice;
          CREATE TABLE IF NOT EXISTS sluice._migrations (
              version      bigint PRIMARY KEY,
              description  text NOT NULL,
@@ -140,9 +146,10 @@ async fn up(conn: &mut PgConnection) -> Result<Vec<i64>, MigrateError> {
              applied_at   timestamptz NOT NULL DEFAULT now(),
              execution_ms bigint NOT NULL
          );",
-    )
-    .execute(&mut *conn)
-    .await?;
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
 
     let applied = applied(conn).await?;
     for a in &applied {

@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::admin::{duration_ms, get_stream, ms_to_duration};
 use crate::error::{Error, InvalidInput};
 use crate::ids::{EventId, Priority, WorkerId};
-use crate::message::{HandlerError, Message, ACKED, UNSETTLED};
+use crate::message::{HandlerError, Message, TaskRef, ACKED, UNSETTLED};
 use crate::sql;
 use crate::subject::check_name;
 
@@ -57,6 +57,7 @@ pub struct Subscription {
     heartbeat: Duration,
     dead_after: Duration,
     refill_chunk: i32,
+    prefetch: Option<usize>,
     backoff: Option<BackoffFn>,
 }
 
@@ -89,6 +90,7 @@ impl Subscription {
             heartbeat: Duration::from_secs(5),
             dead_after: Duration::from_secs(15),
             refill_chunk: 10_000,
+            prefetch: None,
             backoff: None,
         }
     }
@@ -137,6 +139,14 @@ impl Subscription {
     /// 10,000); a larger backlog is worked through in chunks of this size.
     pub fn refill_chunk(mut self, events: i32) -> Self {
         self.refill_chunk = events;
+        self
+    }
+
+    /// How many claimed tasks may wait in memory for a free handler
+    /// (default: the batch size). Zero claims only for idle handlers, so
+    /// tasks are started in exactly the order they are claimed.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n);
         self
     }
 
@@ -411,6 +421,7 @@ where
 
         let concurrency = self.sub.concurrency;
         let batch = self.sub.batch_size;
+        let prefetch = self.sub.prefetch.unwrap_or(batch);
         let mut buffer: VecDeque<ClaimedRow> = VecDeque::with_capacity(batch);
         let mut running: JoinSet<()> = JoinSet::new();
         let mut running_keys: HashMap<tokio::task::Id, (i64, i32)> = HashMap::new();
@@ -438,16 +449,23 @@ where
             if db_ok && now >= next_maintenance {
                 next_maintenance = now + self.sub.poll_interval;
                 match self.maintain().await {
-                    Ok(promoted) => {
-                        if promoted {
+                    Ok((freed, next_due)) => {
+                        if freed {
                             idle = false;
+                        }
+                        // Wake up for the next scheduled task rather than a tick later.
+                        if let Some(due) = next_due {
+                            let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                            next_maintenance = next_maintenance.min(Instant::now() + wait + Duration::from_millis(5));
                         }
                     }
                     Err(e) => warn!(error = %e, "housekeeping failed"),
                 }
             }
-            let room = (concurrency + batch).saturating_sub(running.len() + buffer.len());
-            if db_ok && room >= (batch / 2).max(1) && (dirty || !idle) {
+            // Claim when a good part of a batch fits, or when handlers would idle.
+            let room = (concurrency + prefetch).saturating_sub(running.len() + buffer.len());
+            let worth_it = room >= (batch / 2).max(1) || (room > 0 && buffer.is_empty());
+            if db_ok && worth_it && (dirty || !idle) {
                 if dirty {
                     match self.refill().await {
                         Ok(Refill { busy: true, .. }) => {
@@ -571,13 +589,19 @@ where
             };
             let settled = Arc::new(AtomicU8::new(UNSETTLED));
             let msg = Message {
-                id: EventId(event_id),
+                task: TaskRef {
+                    stream: shared.stream.clone(),
+                    consumer: shared.consumer.clone(),
+                    consumer_id: shared.consumer_id,
+                    event_id: EventId(event_id),
+                    attempt,
+                    worker_id: WorkerId(shared.worker_id),
+                },
                 subject: row.subject,
                 payload,
                 metadata: serde_json::from_str(&row.metadata).unwrap_or_default(),
                 key: row.key,
                 created_at: row.created_at,
-                attempt,
                 priority: Priority::from_db(row.priority),
                 shared: shared.clone(),
                 settled: settled.clone(),
@@ -632,21 +656,22 @@ where
             .await
     }
 
-    /// Returns whether scheduled tasks became available.
-    async fn maintain(&self) -> Result<bool, sqlx::Error> {
-        let (promoted, expired, forgotten, purged): (i64, i64, i64, i64) = sqlx::query_as(sql::MAINTAIN)
-            .bind(self.shared.consumer_id)
-            .bind(self.sub.dead_after.as_millis() as i64)
-            .bind(1000_i64)
-            .fetch_one(&self.shared.pool)
-            .await?;
+    /// Returns whether tasks became available, and when the next scheduled one is due.
+    async fn maintain(&self) -> Result<(bool, Option<DateTime<Utc>>), sqlx::Error> {
+        let (promoted, expired, forgotten, purged, _woken, next_due): (i64, i64, i64, i64, i64, Option<DateTime<Utc>>) =
+            sqlx::query_as(sql::MAINTAIN)
+                .bind(self.shared.consumer_id)
+                .bind(self.sub.dead_after.as_millis() as i64)
+                .bind(1000_i64)
+                .fetch_one(&self.shared.pool)
+                .await?;
         if expired > 0 || forgotten > 0 {
             info!(expired, forgotten, "freed tasks of lost leases and stopped workers");
         }
         if promoted > 0 || purged > 0 {
             debug!(promoted, purged, "housekeeping");
         }
-        Ok(promoted > 0 || expired > 0)
+        Ok((promoted > 0 || expired > 0, next_due))
     }
 
     async fn release(&self, tasks: &[(i64, i32, bool)]) {

@@ -1,7 +1,7 @@
 -- Housekeeping for consumer $1, by one session at a time (advisory lock):
 -- promotes due scheduled tasks, frees tasks whose lease ended or whose worker
 -- stopped beating for $2 ms, forgets such workers, and removes completed
--- tasks past the consumer's retention. Each step touches at most $3 rows and
+-- tasks past the consumer's retention. Returns counts and the next due time. Each step touches at most $3 rows and
 -- reads only the partial indexes, so it costs nearly nothing when idle.
 WITH gate AS MATERIALIZED (
     SELECT pg_try_advisory_xact_lock(1936487781, $1) AS ok
@@ -63,8 +63,16 @@ purged AS (
       AND t.finished_at < now() - c.completed_retention
       AND (SELECT ok FROM gate)
     RETURNING 1
+),
+woken AS (
+    -- Tasks came back: wake every subscriber of the stream.
+    SELECT pg_notify('sluice.' || c.stream_id, '') FROM sluice.consumers c
+    WHERE c.id = $1 AND (EXISTS (SELECT 1 FROM promoted) OR EXISTS (SELECT 1 FROM expired))
 )
 SELECT (SELECT count(*) FROM promoted) AS promoted,
        (SELECT count(*) FROM expired) AS expired,
        (SELECT count(*) FROM forgotten) AS forgotten,
-       (SELECT count(*) FROM purged) AS purged
+       (SELECT count(*) FROM purged) AS purged,
+       (SELECT count(*) FROM woken) AS woken,
+       -- When the next scheduled task falls due, so the subscriber can wake for it.
+       (SELECT min(n.schedule_at) FROM sluice.tasks n WHERE n.consumer_id = $1 AND n.state = 'scheduled') AS next_due

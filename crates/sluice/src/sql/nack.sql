@@ -1,0 +1,32 @@
+-- Nacks (consumer $1, event $2, attempt $3) held by worker $4: $5 'discard'
+-- dead-letters it; 'start' requeues it before everything queued (a negative
+-- position), 'end' after everything queued now. A requeue counts as an
+-- attempt: on the last one the task is discarded instead. The reason $6 joins
+-- the task's errors and the audit log. No row: the attempt does not hold the task.
+WITH nacked AS (
+    UPDATE sluice.tasks t
+    SET state = CASE WHEN $5 = 'discard' OR t.attempt >= c.max_attempts THEN 'discarded'
+                     ELSE 'available' END::sluice.task_state,
+        position = CASE WHEN $5 = 'start' THEN -nextval('sluice.task_position')
+                        ELSE nextval('sluice.task_position') END,
+        finished_at = CASE WHEN $5 = 'discard' OR t.attempt >= c.max_attempts THEN now() END,
+        lease_until = NULL,
+        worker_id = NULL,
+        errors = t.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', t.attempt, 'at', now(), 'error', coalesce($6::text, 'nack'), 'nack', $5::text,
+            'worker', $4::uuid))
+    FROM sluice.consumers c
+    WHERE c.id = t.consumer_id
+      AND t.consumer_id = $1 AND t.event_id = $2 AND t.attempt = $3 AND t.state = 'running'
+    RETURNING t.consumer_id, t.event_id, t.attempt, t.state, t.priority
+),
+logged AS (
+    INSERT INTO sluice.task_log (consumer_id, event_id, attempt, action, reason, priority, worker_id)
+    SELECT consumer_id, event_id, attempt,
+           CASE WHEN state = 'discarded' THEN 'discarded'
+                WHEN $5 = 'start' THEN 'requeued_start'
+                ELSE 'requeued_end' END::sluice.task_action,
+           $6, priority, $4
+    FROM nacked
+)
+SELECT state::text AS state FROM nacked
