@@ -198,8 +198,9 @@ impl ConsumerOptions {
         self
     }
 
-    /// The retry backoff: exponential from `initial`, doubling per attempt, at
-    /// most `max`, with jitter (defaults 1 s and 1 h).
+    /// The retry backoff (defaults 1 s and 1 h): after failed attempt `n` the
+    /// delay is `initial × 2^(n-1)`, capped at `max`, with jitter that draws
+    /// it between half and all of that, so a burst of failures spreads out.
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.backoff_initial = initial;
         self.backoff_max = max;

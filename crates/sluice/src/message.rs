@@ -165,10 +165,16 @@ impl<T> Message<T> {
     }
 
     /// Defers the task: it waits in `scheduled` and comes back when due, with
-    /// the priority given (default: its own). Returns when it is due.
+    /// the priority given (default: its own). Returns the time it is due.
+    ///
+    /// A deferral is not a failure: it never discards the task. Its next
+    /// delivery is a new attempt all the same (so a growing delay can be built
+    /// on [`Message::attempt`]), and a later failure is judged against
+    /// `max_attempts` with those attempts counted.
     pub async fn defer(&self, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
         self.check_unsettled()?;
         let due = self.task.defer(&self.shared.pool, defer).await?;
+        self.shared.scheduled(due);
         self.settled.store(ACKED, Ordering::Release);
         Ok(due)
     }
@@ -177,6 +183,7 @@ impl<T> Message<T> {
     pub async fn defer_tx<'e>(&self, tx: impl PgExecutor<'e>, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
         self.check_unsettled()?;
         let due = self.task.defer(tx, defer).await?;
+        self.shared.scheduled(due);
         self.settled.store(SETTLED_IN_TX, Ordering::Release);
         Ok(due)
     }
@@ -247,7 +254,7 @@ impl TaskRef {
         Ok(state.parse().unwrap_or(TaskState::Discarded))
     }
 
-    /// Defers the task; returns when it is due.
+    /// Defers the task; returns the time it is due.
     pub async fn defer<'e>(&self, db: impl PgExecutor<'e>, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
         let (until, delay_ms) = match defer.when {
             When::Until(t) => {

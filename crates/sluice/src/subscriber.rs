@@ -199,9 +199,19 @@ pub(crate) struct Shared {
     /// waiting for their ack to be flushed. The keeper extends their leases.
     in_flight: Mutex<HashMap<i64, i32>>,
     stopping: AtomicBool,
+    /// The earliest due time of a task this worker scheduled (a retry or a
+    /// deferral) since the driver last looked, so it wakes up for it.
+    due_hint: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl Shared {
+    pub(crate) fn scheduled(&self, due: DateTime<Utc>) {
+        let mut hint = self.due_hint.lock().expect("due hint poisoned");
+        if hint.is_none_or(|h| due < h) {
+            *hint = Some(due);
+        }
+    }
+
     fn forget(&self, event_id: i64) {
         self.in_flight.lock().expect("in-flight map poisoned").remove(&event_id);
     }
@@ -354,6 +364,7 @@ where
         backoff: subscription.backoff.clone(),
         in_flight: Mutex::new(HashMap::new()),
         stopping: AtomicBool::new(false),
+        due_hint: Mutex::new(None),
     });
     let stop = CancellationToken::new();
     let deadline = Arc::new(Mutex::new(Duration::ZERO));
@@ -444,6 +455,9 @@ where
             if self.stop.is_cancelled() {
                 break;
             }
+            if let Some(due) = shared.due_hint.lock().expect("due hint poisoned").take() {
+                next_maintenance = next_maintenance.min(instant_of(due));
+            }
             let now = Instant::now();
             let db_ok = pause_until.is_none_or(|t| now >= t);
             if db_ok && now >= next_maintenance {
@@ -455,8 +469,7 @@ where
                         }
                         // Wake up for the next scheduled task rather than a tick later.
                         if let Some(due) = next_due {
-                            let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                            next_maintenance = next_maintenance.min(Instant::now() + wait + Duration::from_millis(5));
+                            next_maintenance = next_maintenance.min(instant_of(due));
                         }
                     }
                     Err(e) => warn!(error = %e, "housekeeping failed"),
@@ -619,11 +632,11 @@ where
                 // and if it rolled back the lease brings the task back.
                 Ok(Ok(())) => {}
                 Ok(Err(e)) if how == ACKED => {
-                    warn!(event_id, error = %e, "handler failed after acking; the ack stands");
+                    warn!(event_id, error = %e, "handler failed after settling its task; the settlement stands");
                 }
                 Ok(Err(e)) => fail(&shared, event_id, attempt, e.message(), e.is_retryable()).await,
                 Err(panic) if how == ACKED => {
-                    warn!(event_id, panic = %panic_message(&panic), "handler panicked after acking; the ack stands");
+                    warn!(event_id, panic = %panic_message(&panic), "handler panicked after settling its task; the settlement stands");
                 }
                 Err(panic) => {
                     let error = format!("handler panicked: {}", panic_message(&panic));
@@ -700,6 +713,13 @@ where
     }
 }
 
+/// The monotonic instant of a wall-clock time, a little after it so the
+/// database's `now()` has passed it too.
+fn instant_of(due: DateTime<Utc>) -> Instant {
+    let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    Instant::now() + wait + Duration::from_millis(5)
+}
+
 struct Refill {
     materialized: i32,
     more: bool,
@@ -719,7 +739,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// Records a failed attempt: a retry after the backoff, or a discard.
 async fn fail(shared: &Shared, event_id: i64, attempt: i32, error: &str, retry: bool) {
     let delay = shared.retry_delay(attempt);
-    let result: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(sql::FAIL)
+    let result = sqlx::query_as::<_, (String, Option<DateTime<Utc>>)>(sql::FAIL)
         .bind(shared.consumer_id)
         .bind(event_id)
         .bind(attempt)
@@ -730,7 +750,12 @@ async fn fail(shared: &Shared, event_id: i64, attempt: i32, error: &str, retry: 
         .fetch_optional(&shared.pool)
         .await;
     match result {
-        Ok(Some(state)) => debug!(event_id, attempt, %state, error, "attempt failed"),
+        Ok(Some((state, due))) => {
+            if let Some(due) = due {
+                shared.scheduled(due);
+            }
+            debug!(event_id, attempt, %state, error, "attempt failed");
+        }
         Ok(None) => warn!(event_id, attempt, "attempt failed after its lease was lost; nothing recorded"),
         Err(e) => {
             warn!(event_id, attempt, error = %e, "could not record a failed attempt; the lease will bring the task back")

@@ -112,14 +112,15 @@ pub async fn get_task(pool: &PgPool, stream: &str, consumer: &str, event_id: Eve
     }
 }
 
-/// The audit log of one task, oldest first.
+/// The audit log of one task, oldest first. The log outlives the task: a
+/// completed task is usually deleted on ack.
 pub async fn task_log(
     pool: &PgPool,
     stream: &str,
     consumer: &str,
     event_id: EventId,
 ) -> Result<Vec<TaskLogEntry>, Error> {
-    get_task(pool, stream, consumer, event_id).await?;
+    crate::admin::get_consumer(pool, stream, consumer).await?;
     sqlx::query_as(sql::TASK_LOG).bind(stream).bind(consumer).bind(event_id.0).fetch_all(pool).await.map_err(Error::db)
 }
 

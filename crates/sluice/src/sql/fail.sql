@@ -24,4 +24,4 @@ logged AS (
            $5, priority, schedule_at, $4
     FROM failed
 )
-SELECT state::text AS state FROM failed
+SELECT state::text AS state, schedule_at FROM failed
