@@ -13,6 +13,8 @@ use sluice::{
 use support::{wait_until, TestDb};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+type TestFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
 const WORKER_ENV: &str = "SLUICE_CRASH_WORKER";
 
 fn main() {
@@ -21,7 +23,7 @@ fn main() {
         rt.block_on(worker(url));
         return;
     }
-    let tests: [(&str, fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>); 1] =
+    let tests: [(&str, TestFn); 1] =
         [("a_killed_workers_task_is_handled_again_and_its_late_ack_refused", || Box::pin(killed_worker()))];
     let mut failed = 0;
     for (name, test) in tests {
