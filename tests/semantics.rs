@@ -178,9 +178,10 @@ async fn deferred_task_waits_until_due_then_jumps_ahead_with_its_new_priority() 
         .await;
     h.shutdown(Duration::from_secs(5)).await;
 
-    let seen = seen.lock().unwrap();
-    let due = seen.due.unwrap();
-    let (at, priority, plain_before) = seen.redelivered.unwrap();
+    let (due, (at, priority, plain_before)) = {
+        let seen = seen.lock().unwrap();
+        (seen.due.unwrap(), seen.redelivered.unwrap())
+    };
     assert!(at >= due, "delivered at {at}, due at {due}");
     assert_eq!(priority, Priority::HIGHEST);
     assert!(plain_before < 60, "it came back before the priority-1 tasks still queued ({plain_before} of 60 done)");
