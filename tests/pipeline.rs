@@ -550,3 +550,121 @@ async fn streams_and_consumers_can_be_listed_and_deleted() {
     assert!(matches!(sluice::get_stream(&db.pool, "b").await, Err(Error::StreamNotFound { .. })));
     assert!(sluice::list_consumers(&db.pool, None).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_backlog_is_materialized_in_bounded_chunks() {
+    let db = TestDb::new().await;
+    setup(&db, &[("c", ConsumerOptions::default().start(Start::Beginning))]).await;
+    // Ten transactions publishing interleaved and committing in reverse order.
+    let mut txs = Vec::new();
+    for _ in 0..10 {
+        txs.push(db.pool.begin().await.unwrap());
+    }
+    for round in 0..10 {
+        for (t, tx) in txs.iter_mut().enumerate() {
+            publish_batch(
+                &mut **tx,
+                "orders",
+                (0..10).map(|i| event("orders.backlog", (t * 100 + round * 10 + i) as i64)),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    while let Some(tx) = txs.pop() {
+        tx.commit().await.unwrap();
+    }
+    let consumer: i32 =
+        sqlx::query_scalar("SELECT id FROM sluice.consumers WHERE name = 'c'").fetch_one(&db.pool).await.unwrap();
+    let mut chunks = Vec::new();
+    loop {
+        let (materialized, more, busy): (i32, bool, bool) =
+            sqlx::query_as("SELECT * FROM sluice.refill($1, 300)").bind(consumer).fetch_one(&db.pool).await.unwrap();
+        assert!(!busy);
+        let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice.tasks").fetch_one(&db.pool).await.unwrap();
+        chunks.push((materialized, tasks));
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(chunks, vec![(300, 300), (300, 600), (300, 900), (100, 1000)], "bounded chunks, nothing twice");
+    // Within the window the queue follows (txid, id): commit order does not reorder it.
+    let out_of_order: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT e.txid, e.id, lag(e.txid) OVER w AS prev_txid, lag(e.id) OVER w AS prev_id
+           FROM sluice.tasks t JOIN sluice.events e ON e.id = t.event_id WINDOW w AS (ORDER BY t.position)) s
+         WHERE (txid, id) < (prev_txid, prev_id)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(out_of_order, 0);
+}
+
+#[tokio::test]
+async fn a_subscriber_with_a_small_refill_chunk_delivers_a_whole_backlog_once() {
+    let db = TestDb::new().await;
+    setup(&db, &[("c", ConsumerOptions::default().start(Start::Beginning))]).await;
+    let ids: BTreeSet<i64> = publish_batch(&db.pool, "orders", (0..1000).map(|i| event("orders.backlog", i)))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|id| id.0)
+        .collect();
+    let seen = Seen::default();
+    let s = seen.clone();
+    let h = sub(&db.pool, fast("orders", "c").refill_chunk(37), move |msg: Message<Value>| {
+        let s = s.clone();
+        async move {
+            s.push(msg.id().0, msg.subject());
+            Ok::<_, HandlerError>(())
+        }
+    })
+    .await
+    .unwrap();
+    wait_until(WAIT, "the backlog", || async { seen.len() >= 1000 }).await;
+    h.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(seen.ids(), ids);
+    assert_eq!(seen.len(), 1000);
+}
+
+#[tokio::test]
+async fn a_subscriber_survives_its_connections_being_killed() {
+    let db = TestDb::new().await;
+    setup(&db, &[("c", ConsumerOptions::default())]).await;
+    let seen = Seen::default();
+    let s = seen.clone();
+    // Polling is an hour away: only a reconnected LISTEN can bring the work in time.
+    let subscription = Subscription::new("orders", "c").poll_interval(Duration::from_secs(3600));
+    let h = sub(&db.pool, subscription, move |msg: Message<Value>| {
+        let s = s.clone();
+        async move {
+            s.push(msg.id().0, msg.subject());
+            Ok::<_, HandlerError>(())
+        }
+    })
+    .await
+    .unwrap();
+    publish(&db.pool, "orders", event("orders.before", 0)).await.unwrap();
+    wait_until(WAIT, "the first event", || async { seen.len() == 1 }).await;
+
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()) k",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(killed >= 1, "the listener's connection at least");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let after: BTreeSet<i64> = publish_batch(&db.pool, "orders", (1..=100).map(|i| event("orders.after", i)))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|id| id.0)
+        .collect();
+    wait_until(WAIT, "the events published after the connections died", || async { seen.ids().is_superset(&after) })
+        .await;
+    h.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(seen.len(), 101);
+}
