@@ -1,6 +1,7 @@
 -- Removes everything 0001_initial.up.sql created. The runner drops the
 -- history table and the schema once no Sluice migration remains applied.
 DROP FUNCTION sluice.refill(integer, integer);
+DROP FUNCTION sluice.fetch(integer, uuid, interval, integer, integer, boolean);
 DROP TABLE sluice.workers;
 DROP TYPE sluice.worker_status;
 DROP TABLE sluice.task_log;

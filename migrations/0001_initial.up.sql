@@ -230,99 +230,214 @@ CREATE INDEX workers_consumer_idx ON sluice.workers (consumer_id, heartbeat_at);
 -- Refill: move a consumer's position forward and materialize its tasks
 -- ---------------------------------------------------------------------------
 
--- Materializes at most p_limit events of the consumer's window. The window is
--- every event whose transaction is visible in the current snapshot but was not
--- in the stored position; only transactions in progress at the position
--- (its xip) or started after it (>= its xmax) can hold such events, so the
--- scan follows new events, not the age of the oldest open transaction.
+-- The subscriber's one round trip: move the consumer's position forward and
+-- claim up to p_limit tasks for worker p_worker with lease p_lease.
 --
--- busy: another session is refilling this consumer (its row is locked).
--- more: the window was cut at p_limit; call again to continue it.
-CREATE FUNCTION sluice.refill(p_consumer integer, p_limit integer,
-                              OUT materialized integer, OUT more boolean, OUT busy boolean)
+-- The window is every event whose transaction is visible in the current
+-- snapshot but was not in the stored position. Only transactions in progress
+-- at the position (its xip) or started after it (>= its xmax) can hold such
+-- events, so the scan follows new events, not the age of the oldest open
+-- transaction. A window larger than one call's limit is worked through in
+-- (txid, id) order, remembering the last event done (window_txid, window_id).
+--
+-- Each call materializes at most p_chunk events. When the consumer has no
+-- available task (the common case for a consumer that keeps up), the best
+-- p_limit of them by priority are inserted already leased to the caller:
+-- the same tasks the claim would have picked, but the event, the task and
+-- the ack are the only rows written. Otherwise they queue up as available
+-- and the claim takes the best available tasks by priority.
+--
+-- p_refill false skips the window (claim only). Only one session refills a
+-- consumer at a time: busy means another holds its row (SKIP LOCKED).
+-- more: the window was cut at the limit; call again to continue it.
+-- Claimed tasks come back as parallel arrays, unordered.
+CREATE FUNCTION sluice.fetch(p_consumer integer, p_worker uuid, p_lease interval, p_limit integer,
+                             p_chunk integer, p_refill boolean,
+                             OUT materialized integer, OUT more boolean, OUT busy boolean,
+                             OUT event_ids bigint[], OUT attempts integer[], OUT priorities smallint[],
+                             OUT positions bigint[], OUT subjects text[], OUT payloads text[],
+                             OUT metadata text[], OUT keys text[], OUT created_ats timestamptz[])
 LANGUAGE plpgsql AS $$
 DECLARE
     c         sluice.consumers%ROWTYPE;
     v_end     pg_snapshot;
     v_xip     xid8[];
+    v_hungry  boolean;
+    v_limit   integer;
     v_scanned integer;
     v_txid    xid8;
     v_id      bigint;
+    v_paused  boolean;
 BEGIN
     materialized := 0;
     more := false;
     busy := false;
+    event_ids := '{}';
+    attempts := '{}';
+    priorities := '{}';
+    positions := '{}';
+    subjects := '{}';
+    payloads := '{}';
+    metadata := '{}';
+    keys := '{}';
+    created_ats := '{}';
 
-    SELECT * INTO c FROM sluice.consumers WHERE id = p_consumer FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND THEN
-        IF NOT EXISTS (SELECT 1 FROM sluice.consumers WHERE id = p_consumer) THEN
-            RAISE EXCEPTION 'sluice: consumer % does not exist', p_consumer USING ERRCODE = 'no_data_found';
+    IF p_refill THEN
+        SELECT * INTO c FROM sluice.consumers WHERE id = p_consumer FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            IF NOT EXISTS (SELECT 1 FROM sluice.consumers WHERE id = p_consumer) THEN
+                RAISE EXCEPTION 'sluice: consumer % does not exist', p_consumer USING ERRCODE = 'no_data_found';
+            END IF;
+            busy := true;
         END IF;
-        busy := true;
-        RETURN;
     END IF;
 
-    v_end := coalesce(c.window_end, pg_current_snapshot());
-    v_xip := ARRAY(SELECT pg_snapshot_xip(c.position));
+    IF p_refill AND NOT busy THEN
+        v_paused := c.paused;
+        v_end := coalesce(c.window_end, pg_current_snapshot());
+        v_xip := ARRAY(SELECT pg_snapshot_xip(c.position));
+        v_hungry := p_worker IS NOT NULL AND p_limit > 0 AND NOT c.paused
+                    AND NOT EXISTS (SELECT 1 FROM sluice.tasks t
+                                    WHERE t.consumer_id = p_consumer AND t.state = 'available');
+        v_limit := p_chunk;
 
-    -- The window's events in (txid, id) order. The CTE is read in that order,
-    -- so positions (nextval) follow it too.
-    WITH win AS (
-        SELECT u.* FROM (
-            -- Transactions that were in progress at the position.
-            (SELECT e.id, e.txid, e.subject, e.priority, e.deliver_at, e.created_at
-             FROM sluice.events e
-             WHERE e.stream_id = c.stream_id
-               AND e.txid = ANY (v_xip)
-               AND pg_visible_in_snapshot(e.txid, v_end)
-               AND (e.txid, e.id) > (coalesce(c.window_txid, '0'::xid8), coalesce(c.window_id, 0))
-             ORDER BY e.txid, e.id
-             LIMIT p_limit)
-            UNION ALL
-            -- Transactions that started after it, up to the window's end.
-            (SELECT e.id, e.txid, e.subject, e.priority, e.deliver_at, e.created_at
-             FROM sluice.events e
-             WHERE e.stream_id = c.stream_id
-               AND e.txid >= greatest(pg_snapshot_xmax(c.position), coalesce(c.window_txid, '0'::xid8))
-               AND e.txid < pg_snapshot_xmax(v_end)
-               AND pg_visible_in_snapshot(e.txid, v_end)
-               AND (e.txid, e.id) > (coalesce(c.window_txid, '0'::xid8), coalesce(c.window_id, 0))
-             ORDER BY e.txid, e.id
-             LIMIT p_limit)
-        ) AS u
-        ORDER BY u.txid, u.id
-        LIMIT p_limit
-    ),
-    ins AS (
-        INSERT INTO sluice.tasks (consumer_id, event_id, state, priority, schedule_at, position)
-        SELECT c.id, w.id,
-               CASE WHEN w.deliver_at > now() THEN 'scheduled' ELSE 'available' END::sluice.task_state,
-               w.priority,
-               CASE WHEN w.deliver_at > now() THEN w.deliver_at END,
-               nextval('sluice.task_position')
-        FROM win w
-        WHERE w.subject ~ c.include_regex
-          AND (c.exclude_regex IS NULL OR w.subject !~ c.exclude_regex)
-          AND (c.start_from IS NULL OR w.created_at >= c.start_from)
-        ON CONFLICT (consumer_id, event_id) DO NOTHING
-        RETURNING 1
-    ),
-    last AS (
-        SELECT w.txid, w.id FROM win w ORDER BY w.txid DESC, w.id DESC LIMIT 1
-    )
-    SELECT (SELECT count(*) FROM win), (SELECT count(*) FROM ins), last.txid, last.id
-    INTO v_scanned, materialized, v_txid, v_id
-    FROM (SELECT 1) AS one LEFT JOIN last ON true;
+        -- The window's next events in (txid, id) order; the CTE is read in
+        -- that order, so positions (nextval) follow it.
+        WITH win AS (
+            SELECT u.* FROM (
+                -- Transactions that were in progress at the position.
+                (SELECT e.id, e.txid, e.subject, e.priority, e.deliver_at, e.created_at, e.key,
+                        CASE WHEN v_hungry THEN e.payload::text END AS payload,
+                        CASE WHEN v_hungry THEN e.metadata::text END AS metadata
+                 FROM sluice.events e
+                 WHERE e.stream_id = c.stream_id
+                   AND e.txid = ANY (v_xip)
+                   AND pg_visible_in_snapshot(e.txid, v_end)
+                   AND (e.txid, e.id) > (coalesce(c.window_txid, '0'::xid8), coalesce(c.window_id, 0))
+                 ORDER BY e.txid, e.id
+                 LIMIT v_limit)
+                UNION ALL
+                -- Transactions that started after it, up to the window's end.
+                (SELECT e.id, e.txid, e.subject, e.priority, e.deliver_at, e.created_at, e.key,
+                        CASE WHEN v_hungry THEN e.payload::text END AS payload,
+                        CASE WHEN v_hungry THEN e.metadata::text END AS metadata
+                 FROM sluice.events e
+                 WHERE e.stream_id = c.stream_id
+                   AND e.txid >= greatest(pg_snapshot_xmax(c.position), coalesce(c.window_txid, '0'::xid8))
+                   AND e.txid < pg_snapshot_xmax(v_end)
+                   AND pg_visible_in_snapshot(e.txid, v_end)
+                   AND (e.txid, e.id) > (coalesce(c.window_txid, '0'::xid8), coalesce(c.window_id, 0))
+                 ORDER BY e.txid, e.id
+                 LIMIT v_limit)
+            ) AS u
+            ORDER BY u.txid, u.id
+            LIMIT v_limit
+        ),
+        ins AS (
+            INSERT INTO sluice.tasks (consumer_id, event_id, state, priority, schedule_at, position,
+                                      attempt, worker_id, lease_until)
+            SELECT c.id, m.id, m.state, m.priority,
+                   CASE WHEN m.state = 'scheduled' THEN m.deliver_at END,
+                   nextval('sluice.task_position'),
+                   CASE WHEN m.state = 'running' THEN 1 ELSE 0 END,
+                   CASE WHEN m.state = 'running' THEN p_worker END,
+                   CASE WHEN m.state = 'running' THEN now() + p_lease END
+            FROM (
+                -- The best p_limit of the chunk go to the caller at once, as
+                -- the claim would have picked them; the rest queue up.
+                SELECT w.id, w.priority, w.deliver_at,
+                       CASE WHEN w.deliver_at > now() THEN 'scheduled'
+                            WHEN v_hungry AND row_number() OVER (
+                                     PARTITION BY coalesce(w.deliver_at > now(), false)
+                                     ORDER BY w.priority DESC, w.txid, w.id) <= p_limit THEN 'running'
+                            ELSE 'available' END::sluice.task_state AS state
+                FROM win w
+                WHERE w.subject ~ c.include_regex
+                  AND (c.exclude_regex IS NULL OR w.subject !~ c.exclude_regex)
+                  AND (c.start_from IS NULL OR w.created_at >= c.start_from)
+                ORDER BY w.priority DESC, w.txid, w.id
+            ) AS m
+            ON CONFLICT (consumer_id, event_id) DO NOTHING
+            RETURNING event_id, state, attempt, priority, position
+        ),
+        leased AS (
+            SELECT i.event_id, i.attempt, i.priority, i.position, w.subject, w.payload, w.metadata, w.key,
+                   w.created_at
+            FROM ins i JOIN win w ON w.id = i.event_id
+            WHERE i.state = 'running'
+        ),
+        last AS (
+            SELECT w.txid, w.id FROM win w ORDER BY w.txid DESC, w.id DESC LIMIT 1
+        )
+        SELECT (SELECT count(*) FROM win), (SELECT count(*) FROM ins), last.txid, last.id,
+               coalesce((SELECT array_agg(l.event_id) FROM leased l), '{}'),
+               coalesce((SELECT array_agg(l.attempt) FROM leased l), '{}'),
+               coalesce((SELECT array_agg(l.priority) FROM leased l), '{}'),
+               coalesce((SELECT array_agg(l.position) FROM leased l), '{}'),
+               coalesce((SELECT array_agg(l.subject) FROM leased l), '{}'),
+               coalesce((SELECT array_agg(l.payload) FROM leased l), '{}'),
+               coalesce((SELECT array_agg(l.metadata) FROM leased l), '{}'),
+               coalesce((SELECT array_agg(l.key) FROM leased l), '{}'),
+               coalesce((SELECT array_agg(l.created_at) FROM leased l), '{}')
+        INTO v_scanned, materialized, v_txid, v_id,
+             event_ids, attempts, priorities, positions, subjects, payloads, metadata, keys, created_ats
+        FROM (SELECT 1) AS one LEFT JOIN last ON true;
 
-    IF v_scanned < p_limit THEN
-        UPDATE sluice.consumers
-        SET position = v_end, window_end = NULL, window_txid = NULL, window_id = NULL
-        WHERE id = c.id;
-    ELSE
-        more := true;
-        UPDATE sluice.consumers
-        SET window_end = v_end, window_txid = v_txid, window_id = v_id
-        WHERE id = c.id;
+        IF v_scanned < v_limit THEN
+            UPDATE sluice.consumers
+            SET position = v_end, window_end = NULL, window_txid = NULL, window_id = NULL
+            WHERE id = c.id;
+        ELSE
+            more := true;
+            UPDATE sluice.consumers
+            SET window_end = v_end, window_txid = v_txid, window_id = v_id
+            WHERE id = c.id;
+        END IF;
+    ELSIF p_limit > 0 THEN
+        SELECT co.paused INTO v_paused FROM sluice.consumers co WHERE co.id = p_consumer;
+    END IF;
+
+    -- The rest from the queue: best priority first, then position. SKIP
+    -- LOCKED lets competing workers claim disjoint tasks without waiting.
+    IF p_limit > cardinality(event_ids) AND p_worker IS NOT NULL AND NOT coalesce(v_paused, true) THEN
+        WITH picked AS (
+            SELECT t.consumer_id, t.event_id
+            FROM sluice.tasks t
+            WHERE t.consumer_id = p_consumer AND t.state = 'available'
+            ORDER BY t.priority DESC, t.position
+            LIMIT p_limit - cardinality(event_ids)
+            FOR UPDATE SKIP LOCKED
+        ),
+        claimed AS (
+            UPDATE sluice.tasks t
+            SET state = 'running', attempt = t.attempt + 1, worker_id = p_worker, lease_until = now() + p_lease
+            FROM picked p
+            WHERE t.consumer_id = p.consumer_id AND t.event_id = p.event_id
+            RETURNING t.event_id, t.attempt, t.priority, t.position
+        ),
+        full_rows AS (
+            SELECT cl.event_id, cl.attempt, cl.priority, cl.position, e.subject, e.payload::text AS payload,
+                   e.metadata::text AS metadata, e.key, e.created_at
+            FROM claimed cl JOIN sluice.events e ON e.id = cl.event_id
+        )
+        SELECT event_ids || coalesce((SELECT array_agg(f.event_id) FROM full_rows f), '{}'),
+               attempts || coalesce((SELECT array_agg(f.attempt) FROM full_rows f), '{}'),
+               priorities || coalesce((SELECT array_agg(f.priority) FROM full_rows f), '{}'),
+               positions || coalesce((SELECT array_agg(f.position) FROM full_rows f), '{}'),
+               subjects || coalesce((SELECT array_agg(f.subject) FROM full_rows f), '{}'),
+               payloads || coalesce((SELECT array_agg(f.payload) FROM full_rows f), '{}'),
+               metadata || coalesce((SELECT array_agg(f.metadata) FROM full_rows f), '{}'),
+               keys || coalesce((SELECT array_agg(f.key) FROM full_rows f), '{}'),
+               created_ats || coalesce((SELECT array_agg(f.created_at) FROM full_rows f), '{}')
+        INTO event_ids, attempts, priorities, positions, subjects, payloads, metadata, keys, created_ats;
     END IF;
 END;
+$$;
+
+-- Materializes at most p_limit events of the consumer's window as available
+-- tasks, claiming nothing: sluice.fetch without a worker.
+CREATE FUNCTION sluice.refill(p_consumer integer, p_limit integer,
+                              OUT materialized integer, OUT more boolean, OUT busy boolean)
+LANGUAGE sql AS $$
+    SELECT f.materialized, f.more, f.busy FROM sluice.fetch(p_consumer, NULL, NULL, 0, p_limit, true) AS f
 $$;

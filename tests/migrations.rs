@@ -12,7 +12,7 @@ use support::TestDb;
 
 const TABLES: [&str; 7] = ["_migrations", "consumers", "events", "streams", "task_log", "tasks", "workers"];
 const TYPES: [&str; 3] = ["task_action", "task_state", "worker_status"];
-const FUNCTIONS: [&str; 5] = ["patterns_regex", "refill", "valid_name", "valid_patterns", "valid_subject"];
+const FUNCTIONS: [&str; 6] = ["fetch", "patterns_regex", "refill", "valid_name", "valid_patterns", "valid_subject"];
 const SEQUENCES: [&str; 1] = ["task_position"];
 
 /// Names of one kind of object in schema `sluice`, sorted.

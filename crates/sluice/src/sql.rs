@@ -1,7 +1,6 @@
 //! Every query Sluice runs, each in a named file under `src/sql/`.
 
 pub(crate) const ACK: &str = include_str!("sql/ack.sql");
-pub(crate) const CLAIM: &str = include_str!("sql/claim.sql");
 pub(crate) const CONSUMER_CREATE: &str = include_str!("sql/consumer_create.sql");
 pub(crate) const CONSUMER_DELETE: &str = include_str!("sql/consumer_delete.sql");
 pub(crate) const CONSUMER_GET: &str = include_str!("sql/consumer_get.sql");
@@ -9,11 +8,11 @@ pub(crate) const CONSUMER_LIST: &str = include_str!("sql/consumer_list.sql");
 pub(crate) const CONSUMER_LOOKUP: &str = include_str!("sql/consumer_lookup.sql");
 pub(crate) const DEFER: &str = include_str!("sql/defer.sql");
 pub(crate) const FAIL: &str = include_str!("sql/fail.sql");
+pub(crate) const FETCH: &str = include_str!("sql/fetch.sql");
 pub(crate) const KEEPALIVE: &str = include_str!("sql/keepalive.sql");
 pub(crate) const MAINTAIN: &str = include_str!("sql/maintain.sql");
 pub(crate) const NACK: &str = include_str!("sql/nack.sql");
 pub(crate) const PUBLISH: &str = include_str!("sql/publish.sql");
-pub(crate) const REFILL: &str = include_str!("sql/refill.sql");
 pub(crate) const RELEASE: &str = include_str!("sql/release.sql");
 pub(crate) const STREAM_CREATE: &str = include_str!("sql/stream_create.sql");
 pub(crate) const STREAM_DELETE: &str = include_str!("sql/stream_delete.sql");

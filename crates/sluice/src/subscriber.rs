@@ -285,7 +285,6 @@ struct ConsumerLookup {
     stream_id: i32,
 }
 
-#[derive(FromRow)]
 struct ClaimedRow {
     event_id: i64,
     attempt: i32,
@@ -479,46 +478,34 @@ where
             let room = (concurrency + prefetch).saturating_sub(running.len() + buffer.len());
             let worth_it = room >= (batch / 2).max(1) || (room > 0 && buffer.is_empty());
             if db_ok && worth_it && (dirty || !idle) {
-                if dirty {
-                    match self.refill().await {
-                        Ok(Refill { busy: true, .. }) => {
-                            // Another subscriber is refilling: look again shortly,
-                            // in case events arrived after its snapshot.
-                            pause_until = Some(Instant::now() + Duration::from_millis(20));
-                        }
-                        Ok(r) => {
-                            dirty = r.more;
-                            if r.materialized > 0 {
-                                idle = false;
+                match self.fetch(room.min(batch), dirty).await {
+                    Ok(fetched) => {
+                        errors.reset();
+                        if dirty {
+                            if fetched.busy {
+                                // Another subscriber is refilling: look again
+                                // shortly, in case events came after its snapshot.
+                                pause_until = Some(Instant::now() + Duration::from_millis(5));
+                            } else {
+                                dirty = fetched.more;
                             }
                         }
-                        Err(e) => {
-                            let wait = errors.next();
-                            warn!(error = %e, retry_in = ?wait, "refill failed");
-                            pause_until = Some(Instant::now() + wait);
-                            continue;
-                        }
-                    }
-                }
-                match self.claim(room.min(batch)).await {
-                    Ok(rows) => {
-                        errors.reset();
-                        idle = rows.is_empty();
-                        if !idle {
+                        idle = fetched.rows.is_empty() && !dirty;
+                        if !fetched.rows.is_empty() {
                             let mut held = shared.in_flight.lock().expect("in-flight map poisoned");
-                            for r in &rows {
+                            for r in &fetched.rows {
                                 held.insert(r.event_id, r.attempt);
                             }
                         }
-                        let got = rows.len();
-                        buffer.extend(rows);
-                        if got > 0 {
+                        let got = fetched.rows.len();
+                        buffer.extend(fetched.rows);
+                        if got > 0 || (dirty && pause_until.is_none()) {
                             continue;
                         }
                     }
                     Err(e) => {
                         let wait = errors.next();
-                        warn!(error = %e, retry_in = ?wait, "claim failed");
+                        warn!(error = %e, retry_in = ?wait, "fetching tasks failed");
                         pause_until = Some(Instant::now() + wait);
                         continue;
                     }
@@ -647,26 +634,53 @@ where
         }
     }
 
-    async fn refill(&self) -> Result<Refill, sqlx::Error> {
-        let (materialized, more, busy): (i32, bool, bool) = sqlx::query_as(sql::REFILL)
+    /// Refills the consumer (when `refill`) and claims up to `n` tasks, in
+    /// one round trip; the tasks come back in claim order.
+    async fn fetch(&self, n: usize, refill: bool) -> Result<Fetched, sqlx::Error> {
+        let row: FetchRow = sqlx::query_as(sql::FETCH)
             .bind(self.shared.consumer_id)
-            .bind(self.sub.refill_chunk)
-            .fetch_one(&self.shared.pool)
-            .await?;
-        if materialized > 0 {
-            debug!(materialized, more, "refilled");
-        }
-        Ok(Refill { materialized, more, busy })
-    }
-
-    async fn claim(&self, n: usize) -> Result<Vec<ClaimedRow>, sqlx::Error> {
-        sqlx::query_as(sql::CLAIM)
-            .bind(self.shared.consumer_id)
-            .bind(n as i64)
             .bind(self.shared.worker_id)
             .bind(self.shared.lease_ms)
-            .fetch_all(&self.shared.pool)
-            .await
+            .bind(n as i32)
+            .bind(self.sub.refill_chunk)
+            .bind(refill)
+            .fetch_one(&self.shared.pool)
+            .await?;
+        if row.materialized > 0 {
+            debug!(materialized = row.materialized, more = row.more, claimed = row.event_ids.len(), "refilled");
+        }
+        let FetchRow {
+            more,
+            busy,
+            event_ids,
+            attempts,
+            priorities,
+            positions,
+            subjects,
+            payloads,
+            metadata,
+            keys,
+            created_ats,
+            ..
+        } = row;
+        let (mut subjects, mut payloads, mut metadata, mut keys) =
+            (subjects.into_iter(), payloads.into_iter(), metadata.into_iter(), keys.into_iter());
+        let mut rows: Vec<(i64, ClaimedRow)> = Vec::with_capacity(event_ids.len());
+        for (i, &event_id) in event_ids.iter().enumerate() {
+            let claimed = ClaimedRow {
+                event_id,
+                attempt: attempts[i],
+                priority: priorities[i],
+                subject: subjects.next().unwrap_or_default(),
+                payload: payloads.next().flatten().unwrap_or_else(|| "null".into()),
+                metadata: metadata.next().flatten().unwrap_or_else(|| "{}".into()),
+                key: keys.next().flatten(),
+                created_at: created_ats[i],
+            };
+            rows.push((positions[i], claimed));
+        }
+        rows.sort_by_key(|(position, r)| (std::cmp::Reverse(r.priority), *position));
+        Ok(Fetched { more, busy, rows: rows.into_iter().map(|(_, r)| r).collect() })
     }
 
     /// Returns whether tasks became available, and when the next scheduled one is due.
@@ -720,10 +734,26 @@ fn instant_of(due: DateTime<Utc>) -> Instant {
     Instant::now() + wait + Duration::from_millis(5)
 }
 
-struct Refill {
+struct Fetched {
+    more: bool,
+    busy: bool,
+    rows: Vec<ClaimedRow>,
+}
+
+#[derive(FromRow)]
+struct FetchRow {
     materialized: i32,
     more: bool,
     busy: bool,
+    event_ids: Vec<i64>,
+    attempts: Vec<i32>,
+    priorities: Vec<i16>,
+    positions: Vec<i64>,
+    subjects: Vec<String>,
+    payloads: Vec<Option<String>>,
+    metadata: Vec<Option<String>>,
+    keys: Vec<Option<String>>,
+    created_ats: Vec<DateTime<Utc>>,
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
