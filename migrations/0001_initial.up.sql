@@ -56,7 +56,8 @@ CREATE TABLE sluice.streams (
 );
 
 CREATE TABLE sluice.events (
-    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- The sequence also hands out task queue positions (see tasks.position).
+    id         bigint GENERATED ALWAYS AS IDENTITY (SEQUENCE NAME sluice.event_id) PRIMARY KEY,
     stream_id  integer NOT NULL REFERENCES sluice.streams (id) ON DELETE CASCADE,
     -- The writing transaction: consumer positions are snapshots, and an event
     -- is delivered once its transaction is visible in a snapshot.
@@ -75,6 +76,8 @@ CREATE TABLE sluice.events (
 
 -- Serves the refill: the events of one stream in (txid, id) order.
 CREATE INDEX events_stream_txid_idx ON sluice.events (stream_id, txid, id);
+-- Tells the refill whether a window holds any prioritized event.
+CREATE INDEX events_prioritized_idx ON sluice.events (stream_id, txid) WHERE priority > 1;
 
 -- ---------------------------------------------------------------------------
 -- Consumers
@@ -131,20 +134,23 @@ CREATE TYPE sluice.task_state AS ENUM (
     'scheduled', 'available', 'running', 'completed', 'discarded', 'cancelled'
 );
 
--- Queue position. New tasks and requeues at the end take the next value;
--- requeues at the start take its negation, which sorts before every
--- position handed out so far.
-CREATE SEQUENCE sluice.task_position AS bigint;
 
 CREATE TABLE sluice.tasks (
-    consumer_id integer NOT NULL REFERENCES sluice.consumers (id) ON DELETE CASCADE,
-    -- No foreign key to events: the check would lock the event row once per
-    -- consumer on the hot path. Tasks are only made from existing events, and
+    -- No foreign keys on the hot table: a key check runs per inserted row and
+    -- costs as much as the insert itself (measured on the claim path), and the
+    -- check on events would also lock each event row once per consumer. Tasks
+    -- are only made by sluice.fetch from the consumer's own row and existing
+    -- events; deleting a consumer deletes its tasks (tasks_cascade below), and
     -- event retention removes an event only after its tasks.
+    consumer_id integer NOT NULL,
     event_id    bigint NOT NULL,
     state       sluice.task_state NOT NULL DEFAULT 'available',
     priority    smallint NOT NULL DEFAULT 1 CONSTRAINT tasks_priority_range CHECK (priority BETWEEN 1 AND 5),
-    position    bigint NOT NULL DEFAULT nextval('sluice.task_position'),
+    -- Queue position, shared with event ids: a new task takes its event's
+    -- id, a requeue at the end or a task coming back from its schedule takes
+    -- the next event id (after every event published so far, materialized
+    -- or not), a requeue at the start its negation (before all of them).
+    position    bigint NOT NULL,
     -- Attempts started; the fencing token of ack, nack and defer.
     attempt     integer NOT NULL DEFAULT 0 CONSTRAINT tasks_attempt_nonnegative CHECK (attempt >= 0),
     schedule_at timestamptz,
@@ -177,6 +183,18 @@ CREATE INDEX tasks_schedule_idx ON sluice.tasks (consumer_id, schedule_at)
 -- The rescuer: running tasks by lease end.
 CREATE INDEX tasks_lease_idx ON sluice.tasks (consumer_id, lease_until)
     WHERE state = 'running';
+-- What ON DELETE CASCADE would do, had tasks a foreign key to consumers.
+CREATE FUNCTION sluice.delete_consumer_tasks() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM sluice.tasks WHERE consumer_id = OLD.id;
+    RETURN OLD;
+END;
+$$;
+
+CREATE TRIGGER tasks_cascade BEFORE DELETE ON sluice.consumers
+    FOR EACH ROW EXECUTE FUNCTION sluice.delete_consumer_tasks();
+
 -- Dead letters and finished tasks, for inspection and retention.
 CREATE INDEX tasks_finished_idx ON sluice.tasks (consumer_id, finished_at)
     WHERE state IN ('completed', 'discarded', 'cancelled');
@@ -299,10 +317,23 @@ BEGIN
         v_hungry := p_worker IS NOT NULL AND p_limit > 0 AND NOT c.paused
                     AND NOT EXISTS (SELECT 1 FROM sluice.tasks t
                                     WHERE t.consumer_id = p_consumer AND t.state = 'available');
+        -- A hungry caller takes the chunk's best p_limit by priority. When
+        -- every event of the window has the default priority, those are its
+        -- first p_limit events, so only they need materializing: everything
+        -- written is leased at once and the next call is hungry again. The
+        -- check reads a partial index that holds only prioritized events.
         v_limit := p_chunk;
+        IF v_hungry AND NOT EXISTS (
+            SELECT 1 FROM sluice.events e
+            WHERE e.stream_id = c.stream_id AND e.priority > 1
+              AND (e.txid = ANY (v_xip)
+                   OR e.txid >= greatest(pg_snapshot_xmax(c.position), coalesce(c.window_txid, '0'::xid8)))
+              AND e.txid < pg_snapshot_xmax(v_end))
+        THEN
+            v_limit := least(p_limit, p_chunk);
+        END IF;
 
-        -- The window's next events in (txid, id) order; the CTE is read in
-        -- that order, so positions (nextval) follow it.
+        -- The window's next events in (txid, id) order.
         WITH win AS (
             SELECT u.* FROM (
                 -- Transactions that were in progress at the position.
@@ -338,7 +369,7 @@ BEGIN
                                       attempt, worker_id, lease_until)
             SELECT c.id, m.id, m.state, m.priority,
                    CASE WHEN m.state = 'scheduled' THEN m.deliver_at END,
-                   nextval('sluice.task_position'),
+                   m.id,
                    CASE WHEN m.state = 'running' THEN 1 ELSE 0 END,
                    CASE WHEN m.state = 'running' THEN p_worker END,
                    CASE WHEN m.state = 'running' THEN now() + p_lease END
@@ -349,13 +380,12 @@ BEGIN
                        CASE WHEN w.deliver_at > now() THEN 'scheduled'
                             WHEN v_hungry AND row_number() OVER (
                                      PARTITION BY coalesce(w.deliver_at > now(), false)
-                                     ORDER BY w.priority DESC, w.txid, w.id) <= p_limit THEN 'running'
+                                     ORDER BY w.priority DESC, w.id) <= p_limit THEN 'running'
                             ELSE 'available' END::sluice.task_state AS state
                 FROM win w
                 WHERE w.subject ~ c.include_regex
                   AND (c.exclude_regex IS NULL OR w.subject !~ c.exclude_regex)
                   AND (c.start_from IS NULL OR w.created_at >= c.start_from)
-                ORDER BY w.priority DESC, w.txid, w.id
             ) AS m
             ON CONFLICT (consumer_id, event_id) DO NOTHING
             RETURNING event_id, state, attempt, priority, position

@@ -12,8 +12,9 @@ use support::TestDb;
 
 const TABLES: [&str; 7] = ["_migrations", "consumers", "events", "streams", "task_log", "tasks", "workers"];
 const TYPES: [&str; 3] = ["task_action", "task_state", "worker_status"];
-const FUNCTIONS: [&str; 6] = ["fetch", "patterns_regex", "refill", "valid_name", "valid_patterns", "valid_subject"];
-const SEQUENCES: [&str; 1] = ["task_position"];
+const FUNCTIONS: [&str; 7] =
+    ["delete_consumer_tasks", "fetch", "patterns_regex", "refill", "valid_name", "valid_patterns", "valid_subject"];
+const SEQUENCES: [&str; 0] = [];
 
 /// Names of one kind of object in schema `sluice`, sorted.
 async fn names(pool: &PgPool, sql: &str) -> Vec<String> {
@@ -403,7 +404,7 @@ async fn check_constraints_reject_bad_rows_written_by_hand() {
     .fetch_one(pool)
     .await
     .expect("a valid consumer");
-    let insert_task = "INSERT INTO sluice.tasks (consumer_id, event_id, priority) VALUES ($1, $2, $3)";
+    let insert_task = "INSERT INTO sluice.tasks (consumer_id, event_id, priority, position) VALUES ($1, $2, $3, $2)";
     for (event, priority) in [(1i64, 1i16), (2, 5)] {
         sqlx::query(insert_task)
             .bind(consumer)

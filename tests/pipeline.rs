@@ -393,7 +393,9 @@ async fn shutdown_finishes_in_flight_work_and_hands_back_the_rest() {
     // In-flight handlers finished and were acked; nothing is left running.
     let states: BTreeMap<String, i64> = task_states(&db.pool, "c").await.into_iter().collect();
     assert_eq!(states.get("running"), None, "{states:?}");
-    assert_eq!(states.get("available").copied().unwrap_or(0) as usize, 20 - first.len(), "{states:?}");
+    // Released tasks are claimable at once (events not materialized yet are
+    // still ahead of the consumer's position).
+    assert!(states.get("available").copied().unwrap_or(0) as usize >= report.released, "{states:?}");
     let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice.workers").fetch_one(&db.pool).await.unwrap();
     assert_eq!(workers, 0, "the worker unregistered");
 
@@ -588,16 +590,15 @@ async fn a_backlog_is_materialized_in_bounded_chunks() {
         }
     }
     assert_eq!(chunks, vec![(300, 300), (300, 600), (300, 900), (100, 1000)], "bounded chunks, nothing twice");
-    // Within the window the queue follows (txid, id): commit order does not reorder it.
-    let out_of_order: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT e.txid, e.id, lag(e.txid) OVER w AS prev_txid, lag(e.id) OVER w AS prev_id
-           FROM sluice.tasks t JOIN sluice.events e ON e.id = t.event_id WINDOW w AS (ORDER BY t.position)) s
-         WHERE (txid, id) < (prev_txid, prev_id)",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(out_of_order, 0);
+    // The queue follows publish order (event ids), whatever the commit order.
+    let positions: Vec<(i64, i64)> = sqlx::query_as("SELECT event_id, position FROM sluice.tasks ORDER BY position")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = positions.iter().map(|(id, _)| *id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
 }
 
 #[tokio::test]

@@ -436,13 +436,16 @@ where
         let mut running: JoinSet<()> = JoinSet::new();
         let mut running_keys: HashMap<tokio::task::Id, (i64, i32)> = HashMap::new();
         // dirty: the stream may hold events not yet materialized.
-        // idle: the last claim found nothing, so wait for news before claiming.
+        // idle: the last fetch found nothing, so wait for news before the next.
         let mut dirty = true;
         let mut idle = false;
         let mut pause_until: Option<Instant> = None;
         let mut errors = ErrorBackoff::new();
         let mut next_tick = Instant::now() + self.sub.poll_interval;
         let mut next_maintenance = Instant::now();
+        // At most one fetch runs at a time, beside the handlers: while it
+        // waits on the database, handlers keep starting from the buffer.
+        let mut fetching: Option<(tokio::task::JoinHandle<Result<Fetched, sqlx::Error>>, usize)> = None;
 
         loop {
             while running.len() < concurrency {
@@ -474,42 +477,14 @@ where
                     Err(e) => warn!(error = %e, "housekeeping failed"),
                 }
             }
-            // Claim when a good part of a batch fits, or when handlers would idle.
+            // Fetch when a good part of a batch fits, or when handlers would idle.
             let room = (concurrency + prefetch).saturating_sub(running.len() + buffer.len());
             let worth_it = room >= (batch / 2).max(1) || (room > 0 && buffer.is_empty());
-            if db_ok && worth_it && (dirty || !idle) {
-                match self.fetch(room.min(batch), dirty).await {
-                    Ok(fetched) => {
-                        errors.reset();
-                        if dirty {
-                            if fetched.busy {
-                                // Another subscriber is refilling: look again
-                                // shortly, in case events came after its snapshot.
-                                pause_until = Some(Instant::now() + Duration::from_millis(5));
-                            } else {
-                                dirty = fetched.more;
-                            }
-                        }
-                        idle = fetched.rows.is_empty() && !dirty;
-                        if !fetched.rows.is_empty() {
-                            let mut held = shared.in_flight.lock().expect("in-flight map poisoned");
-                            for r in &fetched.rows {
-                                held.insert(r.event_id, r.attempt);
-                            }
-                        }
-                        let got = fetched.rows.len();
-                        buffer.extend(fetched.rows);
-                        if got > 0 || (dirty && pause_until.is_none()) {
-                            continue;
-                        }
-                    }
-                    Err(e) => {
-                        let wait = errors.next();
-                        warn!(error = %e, retry_in = ?wait, "fetching tasks failed");
-                        pause_until = Some(Instant::now() + wait);
-                        continue;
-                    }
-                }
+            if fetching.is_none() && db_ok && worth_it && (dirty || !idle) {
+                let n = room.min(batch);
+                let task = fetch(shared.clone(), self.sub.refill_chunk, n, dirty);
+                fetching = Some((tokio::spawn(task.in_current_span()), n));
+                dirty = false;
             }
 
             let pause = pause_until.unwrap_or(next_tick);
@@ -519,6 +494,30 @@ where
                     let id = match &done { Ok((id, ())) => *id, Err(e) => e.id() };
                     running_keys.remove(&id);
                 }
+                result = async { (&mut fetching.as_mut().expect("guarded").0).await }, if fetching.is_some() => {
+                    fetching = None;
+                    match result.unwrap_or_else(|e| Err(sqlx::Error::Protocol(format!("fetch task failed: {e}")))) {
+                        Ok(fetched) => {
+                            errors.reset();
+                            if fetched.busy {
+                                // Another subscriber is refilling: look again
+                                // shortly, in case events came after its snapshot.
+                                dirty = true;
+                                pause_until = Some(Instant::now() + Duration::from_millis(5));
+                            }
+                            dirty |= fetched.more;
+                            idle = fetched.rows.is_empty() && !dirty;
+                            self.hold(&fetched.rows);
+                            buffer.extend(fetched.rows);
+                        }
+                        Err(e) => {
+                            let wait = errors.next();
+                            warn!(error = %e, retry_in = ?wait, "fetching tasks failed");
+                            dirty = true;
+                            pause_until = Some(Instant::now() + wait);
+                        }
+                    }
+                }
                 _ = wake.notified() => { dirty = true; idle = false; }
                 _ = sleep_until(next_tick) => {
                     dirty = true;
@@ -527,6 +526,14 @@ where
                 }
                 _ = sleep_until(pause), if pause_until.is_some() => { pause_until = None; }
                 _ = sleep_until(next_maintenance), if pause_until.is_none() => {}
+            }
+        }
+
+        // A fetch still under way may have claimed tasks: take them, to hand back.
+        if let Some((handle, _)) = fetching.take() {
+            if let Ok(Ok(fetched)) = handle.await {
+                self.hold(&fetched.rows);
+                buffer.extend(fetched.rows);
             }
         }
 
@@ -634,53 +641,15 @@ where
         }
     }
 
-    /// Refills the consumer (when `refill`) and claims up to `n` tasks, in
-    /// one round trip; the tasks come back in claim order.
-    async fn fetch(&self, n: usize, refill: bool) -> Result<Fetched, sqlx::Error> {
-        let row: FetchRow = sqlx::query_as(sql::FETCH)
-            .bind(self.shared.consumer_id)
-            .bind(self.shared.worker_id)
-            .bind(self.shared.lease_ms)
-            .bind(n as i32)
-            .bind(self.sub.refill_chunk)
-            .bind(refill)
-            .fetch_one(&self.shared.pool)
-            .await?;
-        if row.materialized > 0 {
-            debug!(materialized = row.materialized, more = row.more, claimed = row.event_ids.len(), "refilled");
+    /// Records claimed tasks as held, so the keeper extends their leases.
+    fn hold(&self, rows: &[ClaimedRow]) {
+        if rows.is_empty() {
+            return;
         }
-        let FetchRow {
-            more,
-            busy,
-            event_ids,
-            attempts,
-            priorities,
-            positions,
-            subjects,
-            payloads,
-            metadata,
-            keys,
-            created_ats,
-            ..
-        } = row;
-        let (mut subjects, mut payloads, mut metadata, mut keys) =
-            (subjects.into_iter(), payloads.into_iter(), metadata.into_iter(), keys.into_iter());
-        let mut rows: Vec<(i64, ClaimedRow)> = Vec::with_capacity(event_ids.len());
-        for (i, &event_id) in event_ids.iter().enumerate() {
-            let claimed = ClaimedRow {
-                event_id,
-                attempt: attempts[i],
-                priority: priorities[i],
-                subject: subjects.next().unwrap_or_default(),
-                payload: payloads.next().flatten().unwrap_or_else(|| "null".into()),
-                metadata: metadata.next().flatten().unwrap_or_else(|| "{}".into()),
-                key: keys.next().flatten(),
-                created_at: created_ats[i],
-            };
-            rows.push((positions[i], claimed));
+        let mut held = self.shared.in_flight.lock().expect("in-flight map poisoned");
+        for r in rows {
+            held.insert(r.event_id, r.attempt);
         }
-        rows.sort_by_key(|(position, r)| (std::cmp::Reverse(r.priority), *position));
-        Ok(Fetched { more, busy, rows: rows.into_iter().map(|(_, r)| r).collect() })
     }
 
     /// Returns whether tasks became available, and when the next scheduled one is due.
@@ -725,6 +694,55 @@ where
             held.remove(&e);
         }
     }
+}
+
+/// Refills the consumer (when `refill`) and claims up to `n` tasks, in
+/// one round trip; the tasks come back in claim order.
+async fn fetch(shared: Arc<Shared>, refill_chunk: i32, n: usize, refill: bool) -> Result<Fetched, sqlx::Error> {
+    let row: FetchRow = sqlx::query_as(sql::FETCH)
+        .bind(shared.consumer_id)
+        .bind(shared.worker_id)
+        .bind(shared.lease_ms)
+        .bind(n as i32)
+        .bind(refill_chunk)
+        .bind(refill)
+        .fetch_one(&shared.pool)
+        .await?;
+    if row.materialized > 0 {
+        debug!(materialized = row.materialized, more = row.more, claimed = row.event_ids.len(), "refilled");
+    }
+    let FetchRow {
+        more,
+        busy,
+        event_ids,
+        attempts,
+        priorities,
+        positions,
+        subjects,
+        payloads,
+        metadata,
+        keys,
+        created_ats,
+        ..
+    } = row;
+    let (mut subjects, mut payloads, mut metadata, mut keys) =
+        (subjects.into_iter(), payloads.into_iter(), metadata.into_iter(), keys.into_iter());
+    let mut rows: Vec<(i64, ClaimedRow)> = Vec::with_capacity(event_ids.len());
+    for (i, &event_id) in event_ids.iter().enumerate() {
+        let claimed = ClaimedRow {
+            event_id,
+            attempt: attempts[i],
+            priority: priorities[i],
+            subject: subjects.next().unwrap_or_default(),
+            payload: payloads.next().flatten().unwrap_or_else(|| "null".into()),
+            metadata: metadata.next().flatten().unwrap_or_else(|| "{}".into()),
+            key: keys.next().flatten(),
+            created_at: created_ats[i],
+        };
+        rows.push((positions[i], claimed));
+    }
+    rows.sort_by_key(|(position, r)| (std::cmp::Reverse(r.priority), *position));
+    Ok(Fetched { more, busy, rows: rows.into_iter().map(|(_, r)| r).collect() })
 }
 
 /// The monotonic instant of a wall-clock time, a little after it so the

@@ -13,7 +13,7 @@ dead AS MATERIALIZED (
 ),
 promoted AS (
     UPDATE sluice.tasks t
-    SET state = 'available', schedule_at = NULL, position = nextval('sluice.task_position')
+    SET state = 'available', schedule_at = NULL, position = nextval('sluice.event_id')
     WHERE (t.consumer_id, t.event_id) IN (
         SELECT d.consumer_id, d.event_id FROM sluice.tasks d
         WHERE d.consumer_id = $1 AND d.state = 'scheduled' AND d.schedule_at <= now()

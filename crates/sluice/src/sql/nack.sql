@@ -7,8 +7,8 @@ WITH nacked AS (
     UPDATE sluice.tasks t
     SET state = CASE WHEN $5 = 'discard' OR t.attempt >= c.max_attempts THEN 'discarded'
                      ELSE 'available' END::sluice.task_state,
-        position = CASE WHEN $5 = 'start' THEN -nextval('sluice.task_position')
-                        ELSE nextval('sluice.task_position') END,
+        position = CASE WHEN $5 = 'start' THEN -nextval('sluice.event_id')
+                        ELSE nextval('sluice.event_id') END,
         finished_at = CASE WHEN $5 = 'discard' OR t.attempt >= c.max_attempts THEN now() END,
         lease_until = NULL,
         worker_id = NULL,

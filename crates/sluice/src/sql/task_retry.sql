@@ -12,7 +12,7 @@ WITH target AS (
 retried AS (
     UPDATE sluice.tasks t
     SET state = 'available', attempt = 0, finished_at = NULL, schedule_at = NULL,
-        position = nextval('sluice.task_position')
+        position = nextval('sluice.event_id')
     FROM target
     WHERE t.consumer_id = target.consumer_id AND t.event_id = target.event_id
       AND target.state IN ('discarded', 'cancelled')
