@@ -89,9 +89,10 @@ CREATE TABLE sluice.consumers (
     name                text NOT NULL CONSTRAINT consumers_name_valid CHECK (sluice.valid_name(name)),
     include_subjects    text[] NOT NULL DEFAULT '{>}'
                         CONSTRAINT consumers_include_valid
-                        CHECK (cardinality(include_subjects) > 0 AND sluice.valid_patterns(include_subjects)),
+                        CHECK (cardinality(include_subjects) BETWEEN 1 AND 100 AND sluice.valid_patterns(include_subjects)),
     exclude_subjects    text[] NOT NULL DEFAULT '{}'
-                        CONSTRAINT consumers_exclude_valid CHECK (sluice.valid_patterns(exclude_subjects)),
+                        CONSTRAINT consumers_exclude_valid
+                        CHECK (cardinality(exclude_subjects) <= 100 AND sluice.valid_patterns(exclude_subjects)),
     include_regex       text GENERATED ALWAYS AS (sluice.patterns_regex(include_subjects)) STORED,
     exclude_regex       text GENERATED ALWAYS AS (sluice.patterns_regex(exclude_subjects)) STORED,
     -- Start at a time: only events created at or after it are delivered.

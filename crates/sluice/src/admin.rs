@@ -8,7 +8,7 @@ use sqlx::{FromRow, PgPool};
 
 use crate::error::{Error, InvalidInput};
 use crate::sql;
-use crate::subject::{check_name, check_pattern};
+use crate::subject::{check_name, check_pattern, MAX_PATTERNS};
 
 /// A stream: a named, append-only log of events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,8 +61,15 @@ impl From<StreamRow> for Stream {
     }
 }
 
+/// The longest duration any setting takes: Postgres intervals stop near 178
+/// million years, and nothing in a queue needs more than a century.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(100 * 366 * 86_400);
+
 pub(crate) fn duration_ms(setting: &'static str, d: Duration) -> Result<i64, InvalidInput> {
-    i64::try_from(d.as_millis()).map_err(|_| InvalidInput::Setting { setting, reason: "too large".into() })
+    if d > MAX_DURATION {
+        return Err(InvalidInput::Setting { setting, reason: format!("{d:?} is more than the limit of 100 years") });
+    }
+    Ok(d.as_millis() as i64)
 }
 
 pub(crate) fn ms_to_duration(ms: i64) -> Duration {
@@ -227,6 +234,14 @@ impl ConsumerOptions {
                 setting: "include",
                 reason: "a consumer includes at least one pattern (use \">\" for everything)".into(),
             });
+        }
+        for (setting, list) in [("include", &self.include), ("exclude", &self.exclude)] {
+            if list.len() > MAX_PATTERNS {
+                return Err(InvalidInput::Setting {
+                    setting,
+                    reason: format!("{} patterns; a consumer takes at most {MAX_PATTERNS}", list.len()),
+                });
+            }
         }
         for p in self.include.iter().chain(&self.exclude) {
             check_pattern(p)?;

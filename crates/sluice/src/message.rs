@@ -9,9 +9,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
+use crate::admin::duration_ms;
 use crate::error::{InvalidInput, TaskError};
 use crate::ids::{EventId, Priority, TaskState, WorkerId};
+use crate::publish::check_time;
 use crate::sql;
+use crate::subject::check_text;
 use crate::subscriber::Shared;
 
 /// How a handler settled its task, if it did so itself.
@@ -241,6 +244,9 @@ impl TaskRef {
     /// Discards or requeues the task; returns its new state (a requeue on the
     /// last attempt discards).
     pub async fn nack<'e>(&self, db: impl PgExecutor<'e>, nack: Nack) -> Result<TaskState, TaskError> {
+        if let Some(reason) = &nack.reason {
+            check_text("reason", reason)?;
+        }
         let state: Option<String> = sqlx::query_scalar(sql::NACK)
             .bind(self.consumer_id)
             .bind(self.event_id.0)
@@ -256,8 +262,12 @@ impl TaskRef {
 
     /// Defers the task; returns the time it is due.
     pub async fn defer<'e>(&self, db: impl PgExecutor<'e>, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
+        if let Some(reason) = &defer.reason {
+            check_text("reason", reason)?;
+        }
         let (until, delay_ms) = match defer.when {
             When::Until(t) => {
+                check_time("defer", t)?;
                 if t < Utc::now() {
                     return Err(InvalidInput::Setting {
                         setting: "defer",
@@ -267,7 +277,7 @@ impl TaskRef {
                 }
                 (Some(t), 0)
             }
-            When::By(d) => (None, i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            When::By(d) => (None, duration_ms("defer", d)?),
         };
         let due: Option<DateTime<Utc>> = sqlx::query_scalar(sql::DEFER)
             .bind(self.consumer_id)

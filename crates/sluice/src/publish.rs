@@ -9,7 +9,7 @@ use sqlx::PgExecutor;
 use crate::error::{Error, InvalidInput};
 use crate::ids::{EventId, Priority};
 use crate::sql;
-use crate::subject::{check_name, check_subject};
+use crate::subject::{check_name, check_subject, check_text, json_has_nul};
 
 /// The largest payload accepted, as serialized JSON: 1 MiB.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
@@ -42,6 +42,12 @@ impl NewEvent {
         check_subject(&subject)?;
         let payload = serde_json::to_string(payload)
             .map_err(|e| InvalidInput::Payload { subject: subject.clone(), reason: e.to_string() })?;
+        if json_has_nul(&payload) {
+            return Err(InvalidInput::Payload {
+                subject,
+                reason: "it contains a NUL character (\\u0000), which Postgres jsonb cannot hold".into(),
+            });
+        }
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(InvalidInput::Payload {
                 subject,
@@ -87,14 +93,31 @@ impl NewEvent {
         &self.subject
     }
 
-    fn check_extras(&self) -> Result<(), InvalidInput> {
+    /// Checks what the builder methods could not refuse; `index` names the
+    /// event in its batch.
+    fn check_extras(&self, index: usize) -> Result<(), InvalidInput> {
+        let at = |e: InvalidInput| match e {
+            InvalidInput::Setting { setting, reason } => InvalidInput::Setting {
+                setting,
+                reason: format!("event {index} of the batch ({}): {reason}", self.subject),
+            },
+            other => other,
+        };
         if let Some(key) = &self.key {
             if key.is_empty() || key.len() > 255 {
-                return Err(InvalidInput::Setting {
+                return Err(at(InvalidInput::Setting {
                     setting: "key",
                     reason: format!("an ordering key is 1 to 255 bytes, this one is {}", key.len()),
-                });
+                }));
             }
+            check_text("key", key).map_err(at)?;
+        }
+        for (k, v) in &self.metadata {
+            check_text("metadata", k).map_err(at)?;
+            check_text("metadata", v).map_err(at)?;
+        }
+        if let Some(t) = self.deliver_at {
+            check_time("deliver_at", t).map_err(at)?;
         }
         Ok(())
     }
@@ -133,8 +156,10 @@ where
     let mut keys = Vec::with_capacity(n);
     let mut priorities = Vec::with_capacity(n);
     let mut deliver_at = Vec::with_capacity(n);
+    for (i, e) in events.iter().enumerate() {
+        e.check_extras(i)?;
+    }
     for e in events {
-        e.check_extras()?;
         metadata.push(serde_json::to_string(&e.metadata).expect("a string map always serializes"));
         subjects.push(e.subject);
         payloads.push(e.payload);
@@ -157,4 +182,13 @@ where
         Some((_, Some(ids), _)) => Ok(ids.into_iter().map(EventId).collect()),
         _ => Err(Error::StreamNotFound { stream: stream.to_string() }),
     }
+}
+
+/// Refuses times outside what Postgres stores (4713 BC to 294276 AD).
+pub(crate) fn check_time(setting: &'static str, t: DateTime<Utc>) -> Result<(), InvalidInput> {
+    use chrono::Datelike;
+    if !(-4712..=294_275).contains(&t.year()) {
+        return Err(InvalidInput::Setting { setting, reason: format!("{t} is outside what Postgres can store") });
+    }
+    Ok(())
 }

@@ -7,6 +7,36 @@ use crate::error::InvalidInput;
 pub const MAX_NAME_LEN: usize = 64;
 /// The longest subject or pattern.
 pub const MAX_SUBJECT_LEN: usize = 255;
+/// The most patterns in a consumer's include (or exclude) list: one regular
+/// expression serves the whole list, and Postgres compiles only so much.
+pub const MAX_PATTERNS: usize = 100;
+
+/// Refuses text Postgres cannot store: a NUL character.
+pub(crate) fn check_text(setting: &'static str, text: &str) -> Result<(), InvalidInput> {
+    if text.contains('\0') {
+        return Err(InvalidInput::Setting {
+            setting,
+            reason: format!("{text:?} contains a NUL character, which Postgres text cannot hold"),
+        });
+    }
+    Ok(())
+}
+
+/// Whether serialized JSON holds an escaped NUL (`\u0000`, not `\\u0000`),
+/// which Postgres jsonb refuses.
+pub(crate) fn json_has_nul(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while let Some(at) = json[i..].find("\\u0000") {
+        let at = i + at;
+        let backslashes = bytes[..at].iter().rev().take_while(|&&b| b == b'\\').count();
+        if backslashes % 2 == 0 {
+            return true;
+        }
+        i = at + 1;
+    }
+    false
+}
 
 fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '-'
@@ -142,6 +172,14 @@ mod tests {
         for bad in ["", "a.>.b", "a..b", "a.b*", "a.>>"] {
             assert!(check_pattern(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn nul_in_json() {
+        assert!(json_has_nul(r#"{"a":"x\u0000y"}"#));
+        assert!(!json_has_nul(r#"{"a":"x\\u0000y"}"#));
+        assert!(json_has_nul(r#"{"a":"x\\\u0000y"}"#));
+        assert!(!json_has_nul(r#"{"a":"u0000"}"#));
     }
 
     #[test]

@@ -786,7 +786,10 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 /// Records a failed attempt: a retry after the backoff, or a discard.
 async fn fail(shared: &Shared, event_id: i64, attempt: i32, error: &str, retry: bool) {
-    let delay = shared.retry_delay(attempt);
+    // A handler's message may hold anything; Postgres text cannot hold NUL.
+    let error = error.replace('\0', "\u{FFFD}");
+    let error = error.as_str();
+    let delay = shared.retry_delay(attempt).min(crate::admin::MAX_DURATION);
     let result = sqlx::query_as::<_, (String, Option<DateTime<Utc>>)>(sql::FAIL)
         .bind(shared.consumer_id)
         .bind(event_id)

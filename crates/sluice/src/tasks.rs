@@ -6,7 +6,7 @@ use sqlx::{FromRow, PgPool};
 use crate::error::Error;
 use crate::ids::{EventId, Priority, TaskState, WorkerId};
 use crate::sql;
-use crate::subject::check_name;
+use crate::subject::{check_name, check_text};
 
 /// A task as stored: one event's work for one consumer.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +182,9 @@ async fn steer(
 ) -> Result<(), Error> {
     check_name("stream", stream)?;
     check_name("consumer", consumer)?;
+    if let Some(reason) = reason {
+        check_text("reason", reason)?;
+    }
     let row: Option<sqlx::postgres::PgRow> = sqlx::query(query)
         .bind(stream)
         .bind(consumer)
