@@ -699,6 +699,7 @@ where
 /// Refills the consumer (when `refill`) and claims up to `n` tasks, in
 /// one round trip; the tasks come back in claim order.
 async fn fetch(shared: Arc<Shared>, refill_chunk: i32, n: usize, refill: bool) -> Result<Fetched, sqlx::Error> {
+    let started = std::time::Instant::now();
     let row: FetchRow = sqlx::query_as(sql::FETCH)
         .bind(shared.consumer_id)
         .bind(shared.worker_id)
@@ -708,9 +709,15 @@ async fn fetch(shared: Arc<Shared>, refill_chunk: i32, n: usize, refill: bool) -
         .bind(refill)
         .fetch_one(&shared.pool)
         .await?;
-    if row.materialized > 0 {
-        debug!(materialized = row.materialized, more = row.more, claimed = row.event_ids.len(), "refilled");
-    }
+    tracing::trace!(
+        asked = n,
+        claimed = row.event_ids.len(),
+        materialized = row.materialized,
+        more = row.more,
+        busy = row.busy,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "fetched"
+    );
     let FetchRow {
         more,
         busy,
@@ -837,6 +844,7 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::Receiver<(i64, i32)>) {
             }
         }
         loop {
+            let started = std::time::Instant::now();
             let result: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(sql::ACK)
                 .bind(shared.consumer_id)
                 .bind(&events)
@@ -845,6 +853,7 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::Receiver<(i64, i32)>) {
                 .await;
             match result {
                 Ok(done) => {
+                    tracing::trace!(acked = done.len(), ms = started.elapsed().as_secs_f64() * 1e3, "flushed acks");
                     errors.reset();
                     if done.len() < events.len() {
                         warn!(

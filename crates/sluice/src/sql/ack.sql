@@ -1,6 +1,9 @@
 -- Completes the tasks (consumer $1, event $2[i], attempt $3[i]) still held by
 -- that attempt: deleted, or marked completed when the consumer keeps
 -- completed tasks. Returns the event ids completed; a missing one lost its lease.
+-- The `= ANY($2)` lookups keep the plan on the primary key: joined with
+-- `held` alone, Postgres hashed every running task of the consumer, dead
+-- index entries included, and a flush of 1,000 acks took 350 ms.
 WITH keep AS (
     SELECT completed_retention > interval '0' AS keep FROM sluice.consumers WHERE id = $1
 ),
@@ -10,7 +13,8 @@ held AS (
 deleted AS (
     DELETE FROM sluice.tasks t
     USING held h
-    WHERE t.consumer_id = $1 AND t.event_id = h.event_id AND t.attempt = h.attempt
+    WHERE t.consumer_id = $1 AND t.event_id = ANY ($2::bigint[])
+      AND t.event_id = h.event_id AND t.attempt = h.attempt
       AND t.state = 'running'
       AND NOT coalesce((SELECT keep FROM keep), false)
     RETURNING t.event_id
@@ -19,7 +23,8 @@ completed AS (
     UPDATE sluice.tasks t
     SET state = 'completed', finished_at = now(), lease_until = NULL
     FROM held h
-    WHERE t.consumer_id = $1 AND t.event_id = h.event_id AND t.attempt = h.attempt
+    WHERE t.consumer_id = $1 AND t.event_id = ANY ($2::bigint[])
+      AND t.event_id = h.event_id AND t.attempt = h.attempt
       AND t.state = 'running'
       AND coalesce((SELECT keep FROM keep), false)
     RETURNING t.event_id

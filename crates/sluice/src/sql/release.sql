@@ -7,7 +7,8 @@ WITH released AS (
         lease_until = NULL,
         worker_id = NULL
     FROM unnest($2::bigint[], $3::int[], $5::bool[]) AS r(event_id, attempt, started)
-    WHERE t.consumer_id = $1 AND t.event_id = r.event_id AND t.attempt = r.attempt
+    WHERE t.consumer_id = $1 AND t.event_id = ANY ($2::bigint[])
+      AND t.event_id = r.event_id AND t.attempt = r.attempt
       AND t.state = 'running' AND t.worker_id = $4
     RETURNING t.consumer_id, t.event_id, r.attempt, r.started, t.priority
 ),
