@@ -7,8 +7,9 @@ use std::process::Command;
 use serde::Serialize;
 use sqlx::PgConnection;
 
-/// The server settings that move queue throughput the most.
-const SETTINGS: [&str; 8] = [
+/// The server settings that move queue throughput the most. autovacuum
+/// decides whether dead tuples and planner statistics are ever looked after.
+const SETTINGS: [&str; 10] = [
     "shared_buffers",
     "synchronous_commit",
     "fsync",
@@ -17,6 +18,8 @@ const SETTINGS: [&str; 8] = [
     "work_mem",
     "checkpoint_timeout",
     "max_wal_size",
+    "autovacuum",
+    "deadlock_timeout",
 ];
 
 #[derive(Debug, Clone, Serialize)]
