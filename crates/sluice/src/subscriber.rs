@@ -446,6 +446,7 @@ where
         // At most one fetch runs at a time, beside the handlers: while it
         // waits on the database, handlers keep starting from the buffer.
         let mut fetching: Option<(tokio::task::JoinHandle<Result<Fetched, sqlx::Error>>, usize)> = None;
+        let mut maintaining: Option<tokio::task::JoinHandle<Result<Maintained, sqlx::Error>>> = None;
 
         loop {
             while running.len() < concurrency {
@@ -462,20 +463,11 @@ where
             }
             let now = Instant::now();
             let db_ok = pause_until.is_none_or(|t| now >= t);
-            if db_ok && now >= next_maintenance {
-                next_maintenance = now + self.sub.poll_interval;
-                match self.maintain().await {
-                    Ok((freed, next_due)) => {
-                        if freed {
-                            idle = false;
-                        }
-                        // Wake up for the next scheduled task rather than a tick later.
-                        if let Some(due) = next_due {
-                            next_maintenance = next_maintenance.min(instant_of(due));
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "housekeeping failed"),
-                }
+            // Housekeeping runs beside the handlers too, one run at a time: a
+            // slow run (a lock, stale statistics) must not stall handling.
+            if maintaining.is_none() && db_ok && now >= next_maintenance {
+                let task = maintain(shared.clone(), self.sub.dead_after);
+                maintaining = Some(tokio::spawn(task.in_current_span()));
             }
             // Fetch when a good part of a batch fits, or when handlers would idle.
             let room = (concurrency + prefetch).saturating_sub(running.len() + buffer.len());
@@ -518,6 +510,22 @@ where
                         }
                     }
                 }
+                result = async { maintaining.as_mut().expect("guarded").await }, if maintaining.is_some() => {
+                    maintaining = None;
+                    next_maintenance = Instant::now() + self.sub.poll_interval;
+                    match result.unwrap_or_else(|e| Err(sqlx::Error::Protocol(format!("housekeeping task failed: {e}")))) {
+                        Ok((freed, next_due)) => {
+                            if freed {
+                                idle = false;
+                            }
+                            // Wake up for the next scheduled task rather than a tick later.
+                            if let Some(due) = next_due {
+                                next_maintenance = next_maintenance.min(instant_of(due));
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "housekeeping failed"),
+                    }
+                }
                 _ = wake.notified() => { dirty = true; idle = false; }
                 _ = sleep_until(next_tick) => {
                     dirty = true;
@@ -525,7 +533,7 @@ where
                     next_tick = Instant::now() + self.sub.poll_interval;
                 }
                 _ = sleep_until(pause), if pause_until.is_some() => { pause_until = None; }
-                _ = sleep_until(next_maintenance), if pause_until.is_none() => {}
+                _ = sleep_until(next_maintenance), if pause_until.is_none() && maintaining.is_none() => {}
             }
         }
 
@@ -652,24 +660,6 @@ where
         }
     }
 
-    /// Returns whether tasks became available, and when the next scheduled one is due.
-    async fn maintain(&self) -> Result<(bool, Option<DateTime<Utc>>), sqlx::Error> {
-        let (promoted, expired, forgotten, purged, _woken, next_due): (i64, i64, i64, i64, i64, Option<DateTime<Utc>>) =
-            sqlx::query_as(sql::MAINTAIN)
-                .bind(self.shared.consumer_id)
-                .bind(self.sub.dead_after.as_millis() as i64)
-                .bind(1000_i64)
-                .fetch_one(&self.shared.pool)
-                .await?;
-        if expired > 0 || forgotten > 0 {
-            info!(expired, forgotten, "freed tasks of lost leases and stopped workers");
-        }
-        if promoted > 0 || purged > 0 {
-            debug!(promoted, purged, "housekeeping");
-        }
-        Ok((promoted > 0 || expired > 0, next_due))
-    }
-
     async fn release(&self, tasks: &[(i64, i32, bool)]) {
         if tasks.is_empty() {
             return;
@@ -750,6 +740,27 @@ async fn fetch(shared: Arc<Shared>, refill_chunk: i32, n: usize, refill: bool) -
     }
     rows.sort_by_key(|(position, r)| (std::cmp::Reverse(r.priority), *position));
     Ok(Fetched { more, busy, rows: rows.into_iter().map(|(_, r)| r).collect() })
+}
+
+/// Whether tasks became available, and when the next scheduled one is due.
+type Maintained = (bool, Option<DateTime<Utc>>);
+
+/// Returns whether tasks became available, and when the next scheduled one is due.
+async fn maintain(shared: Arc<Shared>, dead_after: Duration) -> Result<Maintained, sqlx::Error> {
+    let (promoted, expired, forgotten, purged, _woken, next_due): (i64, i64, i64, i64, i64, Option<DateTime<Utc>>) =
+        sqlx::query_as(sql::MAINTAIN)
+            .bind(shared.consumer_id)
+            .bind(dead_after.as_millis() as i64)
+            .bind(1000_i64)
+            .fetch_one(&shared.pool)
+            .await?;
+    if expired > 0 || forgotten > 0 {
+        info!(expired, forgotten, "freed tasks of lost leases and stopped workers");
+    }
+    if promoted > 0 || purged > 0 {
+        debug!(promoted, purged, "housekeeping");
+    }
+    Ok((promoted > 0 || expired > 0, next_due))
 }
 
 /// The monotonic instant of a wall-clock time, a little after it so the

@@ -1,8 +1,9 @@
 -- Housekeeping for consumer $1, by one session at a time (advisory lock):
 -- promotes due scheduled tasks, frees tasks whose lease ended or whose worker
 -- stopped beating for $2 ms, forgets such workers, and removes completed
--- tasks past the consumer's retention. Returns counts and the next due time. Each step touches at most $3 rows and
--- reads only the partial indexes, so it costs nearly nothing when idle.
+-- tasks past the consumer's retention. Returns counts and the next due time.
+-- Each step touches at most $3 rows, reads only the partial indexes and skips
+-- locked rows, so it costs nearly nothing when idle and never waits.
 WITH gate AS MATERIALIZED (
     SELECT pg_try_advisory_xact_lock(1936487781, $1) AS ok
 ),
@@ -10,18 +11,33 @@ dead AS MATERIALIZED (
     SELECT w.id FROM sluice.workers w
     WHERE w.consumer_id = $1 AND w.heartbeat_at < now() - $2 * interval '1 millisecond'
       AND (SELECT ok FROM gate)
+    FOR UPDATE SKIP LOCKED
+),
+-- The rows to change are picked (and locked) once, in materialized CTEs, and
+-- the updates reach them by primary key: as `IN (subquery)` semi-joins, a
+-- stale row estimate made Postgres re-run the locking subquery once per task
+-- (1.7 s for 14,595 tasks with 345 running).
+due AS MATERIALIZED (
+    SELECT d.consumer_id, d.event_id FROM sluice.tasks d
+    WHERE d.consumer_id = $1 AND d.state = 'scheduled' AND d.schedule_at <= now()
+      AND (SELECT ok FROM gate)
+    ORDER BY d.schedule_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
 ),
 promoted AS (
     UPDATE sluice.tasks t
     SET state = 'available', schedule_at = NULL, position = nextval('sluice.event_id')
-    WHERE (t.consumer_id, t.event_id) IN (
-        SELECT d.consumer_id, d.event_id FROM sluice.tasks d
-        WHERE d.consumer_id = $1 AND d.state = 'scheduled' AND d.schedule_at <= now()
-          AND (SELECT ok FROM gate)
-        ORDER BY d.schedule_at
-        LIMIT $3
-        FOR UPDATE SKIP LOCKED)
+    WHERE t.consumer_id = $1 AND t.event_id = ANY (ARRAY(SELECT event_id FROM due))
     RETURNING 1
+),
+lost AS MATERIALIZED (
+    SELECT r.consumer_id, r.event_id FROM sluice.tasks r
+    WHERE r.consumer_id = $1 AND r.state = 'running'
+      AND (r.lease_until < now() OR r.worker_id IN (SELECT id FROM dead))
+      AND (SELECT ok FROM gate)
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
 ),
 expired AS (
     UPDATE sluice.tasks t
@@ -35,13 +51,7 @@ expired AS (
                           ELSE 'lease expired' END))
     FROM sluice.consumers c
     WHERE c.id = t.consumer_id
-      AND (t.consumer_id, t.event_id) IN (
-        SELECT r.consumer_id, r.event_id FROM sluice.tasks r
-        WHERE r.consumer_id = $1 AND r.state = 'running'
-          AND (r.lease_until < now() OR r.worker_id IN (SELECT id FROM dead))
-          AND (SELECT ok FROM gate)
-        LIMIT $3
-        FOR UPDATE SKIP LOCKED)
+      AND t.consumer_id = $1 AND t.event_id = ANY (ARRAY(SELECT event_id FROM lost))
     RETURNING t.consumer_id, t.event_id, t.attempt, t.state, t.priority
 ),
 logged AS (
