@@ -35,3 +35,14 @@ demo:
 # The sluice CLI, e.g. `just sluice migrate status`.
 sluice *ARGS:
     cargo run -q -p sluice-cli -- {{ARGS}}
+
+# The chaos suite: killed workers, a Postgres restart (private cluster), out-of-order
+# commits, a pinned xmin. About 6 minutes on 2 cores; CHAOS_* variables shrink it
+# (see docs/RELIABILITY.md). `just chaos -- NAME` runs the parts whose name has NAME.
+chaos *ARGS:
+    cargo test --test chaos {{ARGS}}
+
+# The benchmark (see docs/BENCHMARKS.md): `just bench --scenario drain`, `just bench --smoke`,
+# `just bench --peers` to run the peer queues in the same run.
+bench *ARGS:
+    cargo run --release -p sluice-bench -- {{ARGS}}
