@@ -134,6 +134,15 @@ impl fmt::Display for TaskState {
     }
 }
 
+impl TaskState {
+    /// The state as read from `sluice.tasks.state`. The column's enum holds
+    /// only the six states; anything else reads as discarded, the state that
+    /// keeps a task out of the queue and up for inspection.
+    pub(crate) fn from_db(state: &str) -> TaskState {
+        state.parse().unwrap_or(TaskState::Discarded)
+    }
+}
+
 impl std::str::FromStr for TaskState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::admin::{duration_ms, get_stream, ms_to_duration};
 use crate::error::{Error, InvalidInput};
 use crate::ids::{EventId, Priority, WorkerId};
-use crate::message::{HandlerError, Message, TaskRef, ACKED, UNSETTLED};
+use crate::message::{ack_tasks, HandlerError, Message, TaskRef, ACKED, UNSETTLED};
 use crate::sql;
 use crate::subject::check_name;
 
@@ -341,14 +341,7 @@ where
         None => lookup.lease_ms,
     };
     let worker_id = Uuid::new_v4();
-    sqlx::query(sql::WORKER_REGISTER)
-        .bind(worker_id)
-        .bind(lookup.id)
-        .bind(hostname())
-        .bind(std::process::id() as i32)
-        .execute(pool)
-        .await
-        .map_err(Error::db)?;
+    register_worker(pool, worker_id, lookup.id).await.map_err(Error::db)?;
 
     let shared = Arc::new(Shared {
         pool: pool.clone(),
@@ -379,6 +372,18 @@ where
     let driver = tokio::spawn(driver.run().instrument(span));
     info!(%worker_id, "subscriber started");
     Ok(SubscriberHandle { worker_id: WorkerId(worker_id), stop, deadline, driver })
+}
+
+/// Registers (or revives) this process's worker row for the consumer.
+async fn register_worker(pool: &PgPool, worker_id: Uuid, consumer_id: i32) -> Result<(), sqlx::Error> {
+    sqlx::query(sql::WORKER_REGISTER)
+        .bind(worker_id)
+        .bind(consumer_id)
+        .bind(hostname())
+        .bind(std::process::id() as i32)
+        .execute(pool)
+        .await
+        .map(|_| ())
 }
 
 fn hostname() -> String {
@@ -445,7 +450,7 @@ where
         let mut next_maintenance = Instant::now();
         // At most one fetch runs at a time, beside the handlers: while it
         // waits on the database, handlers keep starting from the buffer.
-        let mut fetching: Option<(tokio::task::JoinHandle<Result<Fetched, sqlx::Error>>, usize)> = None;
+        let mut fetching: Option<tokio::task::JoinHandle<Result<Fetched, sqlx::Error>>> = None;
         let mut maintaining: Option<tokio::task::JoinHandle<Result<Maintained, sqlx::Error>>> = None;
 
         loop {
@@ -475,7 +480,7 @@ where
             if fetching.is_none() && db_ok && worth_it && (dirty || !idle) {
                 let n = room.min(batch);
                 let task = fetch(shared.clone(), self.sub.refill_chunk, n, dirty);
-                fetching = Some((tokio::spawn(task.in_current_span()), n));
+                fetching = Some(tokio::spawn(task.in_current_span()));
                 dirty = false;
             }
 
@@ -486,7 +491,7 @@ where
                     let id = match &done { Ok((id, ())) => *id, Err(e) => e.id() };
                     running_keys.remove(&id);
                 }
-                result = async { (&mut fetching.as_mut().expect("guarded").0).await }, if fetching.is_some() => {
+                result = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
                     fetching = None;
                     match result.unwrap_or_else(|e| Err(sqlx::Error::Protocol(format!("fetch task failed: {e}")))) {
                         Ok(fetched) => {
@@ -538,7 +543,7 @@ where
         }
 
         // A fetch still under way may have claimed tasks: take them, to hand back.
-        if let Some((handle, _)) = fetching.take() {
+        if let Some(handle) = fetching.take() {
             if let Ok(Ok(fetched)) = handle.await {
                 self.hold(&fetched.rows);
                 buffer.extend(fetched.rows);
@@ -668,8 +673,7 @@ where
         let attempts: Vec<i32> = tasks.iter().map(|t| t.1).collect();
         let started: Vec<bool> = tasks.iter().map(|t| t.2).collect();
         let result = sqlx::query_scalar::<_, i64>(sql::RELEASE)
-            // Planned for each call's own arrays: a cached generic plan of this
-            // join took 160 ms for 1,000 acks instead of a few (sluice-bench drain).
+            // Planned for each call's own arrays, as the ack is (see ack_tasks).
             .persistent(false)
             .bind(self.shared.consumer_id)
             .bind(&events)
@@ -748,7 +752,7 @@ async fn fetch(shared: Arc<Shared>, refill_chunk: i32, n: usize, refill: bool) -
 /// Whether tasks became available, and when the next scheduled one is due.
 type Maintained = (bool, Option<DateTime<Utc>>);
 
-/// Returns whether tasks became available, and when the next scheduled one is due.
+/// One housekeeping run for the consumer (see maintain.sql).
 async fn maintain(shared: Arc<Shared>, dead_after: Duration) -> Result<Maintained, sqlx::Error> {
     let (promoted, expired, forgotten, purged, _woken, next_due): (i64, i64, i64, i64, i64, Option<DateTime<Utc>>) =
         sqlx::query_as(sql::MAINTAIN)
@@ -859,15 +863,7 @@ async fn acker(shared: Arc<Shared>, mut rx: mpsc::Receiver<(i64, i32)>) {
         }
         loop {
             let started = std::time::Instant::now();
-            let result: Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(sql::ACK)
-                // Planned for each call's own arrays: a cached generic plan of this
-                // join took 160 ms for 1,000 acks instead of a few (sluice-bench drain).
-                .persistent(false)
-                .bind(shared.consumer_id)
-                .bind(&events)
-                .bind(&attempts)
-                .fetch_all(&shared.pool)
-                .await;
+            let result = ack_tasks(&shared.pool, shared.consumer_id, &events, &attempts).await;
             match result {
                 Ok(done) => {
                     tracing::trace!(acked = done.len(), ms = started.elapsed().as_secs_f64() * 1e3, "flushed acks");
@@ -913,8 +909,7 @@ async fn keeper(shared: Arc<Shared>, heartbeat: Duration, stop: CancellationToke
             "active"
         };
         let result: Result<(i64, i64), sqlx::Error> = sqlx::query_as(sql::KEEPALIVE)
-            // Planned for each call's own arrays: a cached generic plan of this
-            // join took 160 ms for 1,000 acks instead of a few (sluice-bench drain).
+            // Planned for each call's own arrays, as the ack is (see ack_tasks).
             .persistent(false)
             .bind(shared.consumer_id)
             .bind(&events)
@@ -933,13 +928,9 @@ async fn keeper(shared: Arc<Shared>, heartbeat: Duration, stop: CancellationToke
                 if registered == 0 {
                     // Another subscriber took us for dead; come back.
                     warn!("worker row missing (heartbeat was late); registering again");
-                    let _ = sqlx::query(sql::WORKER_REGISTER)
-                        .bind(shared.worker_id)
-                        .bind(shared.consumer_id)
-                        .bind(hostname())
-                        .bind(std::process::id() as i32)
-                        .execute(&shared.pool)
-                        .await;
+                    if let Err(e) = register_worker(&shared.pool, shared.worker_id, shared.consumer_id).await {
+                        warn!(error = %e, "could not register the worker again");
+                    }
                 }
             }
             Err(e) => {

@@ -55,7 +55,7 @@ impl From<TaskRow> for Task {
         Task {
             event_id: EventId(r.event_id),
             subject: r.subject,
-            state: r.state.parse().unwrap_or(TaskState::Discarded),
+            state: TaskState::from_db(&r.state),
             priority: Priority::from_db(r.priority),
             attempt: r.attempt,
             schedule_at: r.schedule_at,
@@ -185,7 +185,8 @@ async fn steer(
     if let Some(reason) = reason {
         check_text("reason", reason)?;
     }
-    let row: Option<sqlx::postgres::PgRow> = sqlx::query(query)
+    // The state the task had; its first column in both queries.
+    let state: Option<String> = sqlx::query_scalar(query)
         .bind(stream)
         .bind(consumer)
         .bind(event_id.0)
@@ -193,12 +194,11 @@ async fn steer(
         .fetch_optional(pool)
         .await
         .map_err(Error::db)?;
-    let Some(row) = row else {
+    let Some(state) = state else {
         crate::admin::get_consumer(pool, stream, consumer).await?;
         return Err(not_found(stream, consumer, event_id));
     };
-    let state: String = sqlx::Row::try_get(&row, "state").map_err(Error::db)?;
-    let state: TaskState = state.parse().unwrap_or(TaskState::Discarded);
+    let state = TaskState::from_db(&state);
     if allowed.contains(&state) {
         Ok(())
     } else {
