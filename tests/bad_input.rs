@@ -230,10 +230,10 @@ async fn refill(db: &TestDb, consumer: &str) {
 async fn claim(db: &TestDb, consumer: &str, event: EventId) -> TaskRef {
     let consumer_id = consumer_id(db, consumer).await;
     let worker = uuid::Uuid::new_v4();
-    let attempt: i32 = sqlx::query_scalar(
+    let (attempt, lease_token): (i32, i64) = sqlx::query_as(
         "UPDATE sluice.tasks SET state = 'running', attempt = attempt + 1, worker_id = $3,
-                lease_until = now() + interval '1 hour'
-         WHERE consumer_id = $1 AND event_id = $2 AND state = 'available' RETURNING attempt",
+                lease_until = now() + interval '1 hour', lease_token = nextval('sluice.lease_token')
+         WHERE consumer_id = $1 AND event_id = $2 AND state = 'available' RETURNING attempt, lease_token",
     )
     .bind(consumer_id)
     .bind(event.0)
@@ -247,6 +247,7 @@ async fn claim(db: &TestDb, consumer: &str, event: EventId) -> TaskRef {
         consumer_id,
         event_id: event,
         attempt,
+        lease_token,
         worker_id: WorkerId(worker),
     }
 }
@@ -654,9 +655,9 @@ async fn actions_on_tasks_in_the_wrong_state_are_refused() {
         }
     }
 
-    // Settling with an attempt that does not hold the task changes nothing.
-    let stale = TaskRef { attempt: running.attempt + 1, ..running.clone() };
-    let earlier = TaskRef { attempt: 0, ..running.clone() };
+    // Settling with a lease token that does not hold the task changes nothing.
+    let stale = TaskRef { lease_token: running.lease_token + 1, ..running.clone() };
+    let earlier = TaskRef { lease_token: running.lease_token - 1, ..running.clone() };
     for task in [&stale, &earlier, &discarded, &completed] {
         lease_lost(task.ack(p).await, task, "ack");
         lease_lost(task.nack(p, Nack::requeue_start()).await, task, "nack");

@@ -120,7 +120,8 @@ async fn sluice_tables(pool: &PgPool) -> Vec<String> {
     .unwrap()
 }
 
-const TABLES: [&str; 7] = ["_migrations", "consumers", "events", "streams", "task_log", "tasks", "workers"];
+const TABLES: [&str; 8] =
+    ["_functions", "_migrations", "consumers", "events", "streams", "task_log", "tasks", "workers"];
 
 /// The line of `migrate status` for one version, split on whitespace.
 fn status_line(stdout: &str, version: i64) -> Vec<String> {
@@ -168,14 +169,19 @@ async fn migrate_up_status_down_all_and_up_again() {
     assert!(up.stdout.lines().any(|l| l == "applied 1"), "up applies 1 again:\n{}", up.stdout);
     assert_eq!(sluice_tables(&db.pool).await, TABLES);
 
-    // Plain `down` reverts one migration; with only one, Sluice is gone.
-    run_with_url(&db.url, &["migrate", "down"]).await.success("down");
-    let history: Option<i64> = if schema_exists(&db.pool).await {
-        sqlx::query_scalar("SELECT max(version) FROM sluice._migrations").fetch_one(&db.pool).await.unwrap()
-    } else {
-        None
+    // Plain `down` reverts only the newest migration.
+    let newest = || async {
+        let history: Option<i64> = if schema_exists(&db.pool).await {
+            sqlx::query_scalar("SELECT max(version) FROM sluice._migrations").fetch_one(&db.pool).await.unwrap()
+        } else {
+            None
+        };
+        history
     };
-    assert!(history.is_none_or(|newest| newest < 1), "migration 1 reverted by plain down");
+    let latest = newest().await.expect("migrations applied");
+    assert!(latest > 1, "more than one migration to revert");
+    run_with_url(&db.url, &["migrate", "down"]).await.success("down");
+    assert_eq!(newest().await, Some(latest - 1), "plain down reverts one migration");
 }
 
 #[tokio::test]

@@ -10,11 +10,20 @@ use std::path::{Path, PathBuf};
 use sqlx::PgPool;
 use support::TestDb;
 
-const TABLES: [&str; 7] = ["_migrations", "consumers", "events", "streams", "task_log", "tasks", "workers"];
+const TABLES: [&str; 8] =
+    ["_functions", "_migrations", "consumers", "events", "streams", "task_log", "tasks", "workers"];
 const TYPES: [&str; 3] = ["task_action", "task_state", "worker_status"];
-const FUNCTIONS: [&str; 7] =
-    ["delete_consumer_tasks", "fetch", "patterns_regex", "refill", "valid_name", "valid_patterns", "valid_subject"];
-const SEQUENCES: [&str; 0] = [];
+const FUNCTIONS: [&str; 8] = [
+    "delete_consumer_tasks",
+    "fetch",
+    "fetch_v2",
+    "patterns_regex",
+    "refill",
+    "valid_name",
+    "valid_patterns",
+    "valid_subject",
+];
+const SEQUENCES: [&str; 1] = ["lease_token"];
 
 /// Names of one kind of object in schema `sluice`, sorted.
 async fn names(pool: &PgPool, sql: &str) -> Vec<String> {

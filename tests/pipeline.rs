@@ -330,7 +330,7 @@ async fn an_ack_from_a_lost_lease_is_refused_and_changes_nothing() {
         let out = out.clone();
         async move {
             // Someone else takes the task over: a later attempt holds it now.
-            sqlx::query("UPDATE sluice.tasks SET attempt = attempt + 1 WHERE event_id = $1")
+            sqlx::query("UPDATE sluice.tasks SET lease_token = nextval('sluice.lease_token') WHERE event_id = $1")
                 .bind(msg.id().0)
                 .execute(&pool)
                 .await?;

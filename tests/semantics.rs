@@ -401,9 +401,9 @@ async fn bad_input_to_nack_and_defer_gets_typed_errors_and_changes_nothing() {
             // A time in the past is a negative delay.
             let e = msg.defer(Defer::until(Utc::now() - chrono::TimeDelta::seconds(5))).await.unwrap_err();
             o.lock().unwrap().push(format!("past: {e:?}"));
-            // A stale hold (an earlier attempt) holds nothing.
+            // A stale hold (an earlier lease) holds nothing.
             let mut stale = msg.task().clone();
-            stale.attempt -= 1;
+            stale.lease_token -= 1;
             let e = stale.defer(&pool, Defer::by(Duration::from_secs(1))).await.unwrap_err();
             o.lock().unwrap().push(format!("stale: {e:?}"));
             let e = stale.nack(&pool, Nack::discard("x")).await.unwrap_err();

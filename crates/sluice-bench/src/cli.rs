@@ -44,13 +44,23 @@ pub enum Scenario {
     Pinned,
     /// The drain with 1, 2, 4 worker processes.
     Scale,
+    /// A backlog where 1 event in `--selective-every` matches the consumer's filter:
+    /// drain time and fetch round trips.
+    Selective,
     /// Every scenario above.
     All,
 }
 
 impl Scenario {
-    pub const EACH: [Scenario; 6] =
-        [Scenario::Publish, Scenario::Drain, Scenario::Latency, Scenario::Soak, Scenario::Pinned, Scenario::Scale];
+    pub const EACH: [Scenario; 7] = [
+        Scenario::Publish,
+        Scenario::Drain,
+        Scenario::Latency,
+        Scenario::Soak,
+        Scenario::Pinned,
+        Scenario::Scale,
+        Scenario::Selective,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -60,6 +70,7 @@ impl Scenario {
             Scenario::Soak => "soak",
             Scenario::Pinned => "pinned",
             Scenario::Scale => "scale",
+            Scenario::Selective => "selective",
             Scenario::All => "all",
         }
     }
@@ -159,6 +170,14 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub processes: Vec<usize>,
 
+    /// selective: events published before the subscriber starts [default: 1000000; smoke 20000].
+    #[arg(long)]
+    pub selective_n: Option<u64>,
+
+    /// selective: one event in this many matches the consumer's subject filter.
+    #[arg(long, default_value_t = 1000)]
+    pub selective_every: u64,
+
     /// Also run the peers (`<peers-dir>/run-all.sh`) with the drain's N, and print them beside Sluice.
     #[arg(long)]
     pub peers: bool,
@@ -211,6 +230,8 @@ pub struct Params {
     pub vacuum_after_pin: bool,
     pub scale_n: u64,
     pub processes: Vec<usize>,
+    pub selective_n: u64,
+    pub selective_every: u64,
     pub peers: bool,
     pub timeout_s: u64,
     pub db_settings: Vec<(String, String)>,
@@ -252,6 +273,8 @@ impl BenchArgs {
             vacuum_after_pin: !self.no_vacuum,
             scale_n: pick(self.scale_n, 100_000, 3_000),
             processes: self.processes.clone(),
+            selective_n: pick(self.selective_n, 1_000_000, 20_000),
+            selective_every: self.selective_every,
             peers: self.peers,
             timeout_s: self.timeout,
             db_settings: self.db_settings.clone(),
@@ -273,7 +296,12 @@ impl Params {
         ensure!(self.soak_ahead >= self.batch as u64, "--soak-ahead must be at least one --batch");
         ensure!(self.publishers.iter().all(|&p| p >= 1), "--publishers must all be at least 1");
         ensure!(self.processes.iter().all(|&p| p >= 1), "--processes must all be at least 1");
-        for n in [self.publish_n, self.drain_n, self.soak_n, self.pinned_n, self.scale_n] {
+        ensure!(self.selective_every >= 1, "--selective-every must be at least 1");
+        ensure!(
+            self.selective_n >= self.selective_every,
+            "--selective-n must be at least --selective-every, so that some event matches"
+        );
+        for n in [self.publish_n, self.drain_n, self.soak_n, self.pinned_n, self.scale_n, self.selective_n] {
             ensure!(n >= 1, "every N must be at least 1");
         }
         Ok(())

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool};
 
 use crate::error::{Error, InvalidInput};
+use crate::ids::EventId;
 use crate::sql;
 use crate::subject::{check_name, check_pattern, MAX_PATTERNS};
 
@@ -432,6 +433,81 @@ pub async fn delete_consumer(pool: &PgPool, stream: &str, name: &str) -> Result<
         None => {
             get_stream(pool, stream).await?;
             Err(Error::ConsumerNotFound { stream: stream.to_string(), consumer: name.to_string() })
+        }
+    }
+}
+
+/// Where [`reset_position`] moves a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replay {
+    /// Every event the stream holds.
+    Beginning,
+    /// Events created at or after this time.
+    At(DateTime<Utc>),
+    /// Events from this one on (by id).
+    Event(EventId),
+    /// Only events published from now on: everything before is skipped.
+    Now,
+}
+
+/// Moves a consumer's position: a replay. Events from there on are
+/// materialized again: an event whose task was completed comes back as a new
+/// task, one whose task is still pending (available, scheduled, running) or
+/// dead (discarded, cancelled) is left as it is, never duplicated.
+///
+/// This is also the way out of [`Error::PositionAhead`], after a database
+/// was restored from a dump or moved by logical replication: the stream's
+/// events written under the old cluster's transaction ids are adopted by
+/// this one, and the consumer replays from where it is told to.
+///
+/// Running subscribers of the consumer pick the new position up at their
+/// next fetch.
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), sluice::Error> {
+/// use sluice::{reset_position, Replay};
+/// reset_position(&pool, "orders", "billing", Replay::At(chrono::Utc::now() - chrono::Duration::hours(1))).await?;
+/// # Ok(()) }
+/// ```
+pub async fn reset_position(pool: &PgPool, stream: &str, consumer: &str, to: Replay) -> Result<(), Error> {
+    check_name("stream", stream)?;
+    check_name("consumer", consumer)?;
+    let (kind, at, event) = match to {
+        Replay::Beginning => ("beginning", None, None),
+        Replay::At(t) => {
+            crate::publish::check_time("replay", t)?;
+            ("time", Some(t), None)
+        }
+        Replay::Event(id) => {
+            if id.0 < 1 {
+                return Err(InvalidInput::Setting {
+                    setting: "replay",
+                    reason: format!("event id {id} is not an event id: ids start at 1"),
+                }
+                .into());
+            }
+            ("event", None, Some(id.0))
+        }
+        Replay::Now => ("now", None, None),
+    };
+    let moved: Option<(i32, i64, i64)> = sqlx::query_as(sql::CONSUMER_RESET)
+        .bind(stream)
+        .bind(consumer)
+        .bind(kind)
+        .bind(at)
+        .bind(event)
+        .fetch_optional(pool)
+        .await
+        .map_err(Error::db)?;
+    match moved {
+        Some((_, adopted, _)) => {
+            tracing::info!(stream, consumer, ?to, adopted, "consumer position reset");
+            Ok(())
+        }
+        None => {
+            get_stream(pool, stream).await?;
+            Err(Error::ConsumerNotFound { stream: stream.to_string(), consumer: consumer.to_string() })
         }
     }
 }

@@ -118,6 +118,21 @@ pub enum Error {
         /// The states that allow it.
         allowed: String,
     },
+    /// The consumer's position is ahead of this server's transaction ids: the
+    /// database was restored from a dump or moved by logical replication, and
+    /// taking the position as it is would skip every new event. Nothing is
+    /// claimed until the position is reset ([`crate::reset_position`]).
+    #[error(
+        "the position of consumer {consumer:?} of stream {stream:?} is ahead of this server's transactions: \
+         the database was restored or moved from another cluster; replay with \
+         `reset_position` (from the beginning, a time, an event, or now)"
+    )]
+    PositionAhead {
+        /// The stream's name.
+        stream: String,
+        /// The consumer's name.
+        consumer: String,
+    },
     /// The Sluice schema is missing: run the migrations first.
     #[error(
         "the Sluice schema is not installed in this database: run `sluice migrate up` or `sluice::migrate(&pool)`"
@@ -145,9 +160,9 @@ impl Error {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TaskError {
-    /// The attempt no longer holds the task: its lease ended and the task was
-    /// handed out again (or released, or settled already). Nothing was changed;
-    /// inside a transaction, roll it back.
+    /// The attempt's lease token no longer holds the task: its lease ended and
+    /// the task was handed out again (or released, or settled already, or
+    /// retried by hand). Nothing was changed; inside a transaction, roll it back.
     #[error("lease lost: event {event_id} of consumer {consumer:?} is no longer held by attempt {attempt}; nothing was changed")]
     LeaseLost {
         /// The consumer's name.

@@ -42,7 +42,7 @@ mod tasks;
 
 pub use admin::{
     create_consumer, create_stream, delete_consumer, delete_stream, get_consumer, get_stream, list_consumers,
-    list_streams, Consumer, ConsumerOptions, Start, Stream, StreamOptions,
+    list_streams, reset_position, Consumer, ConsumerOptions, Replay, Start, Stream, StreamOptions,
 };
 pub use error::{Error, InvalidInput, MigrateError, TaskError};
 pub use ids::{EventId, Priority, TaskState, WorkerId};
@@ -50,5 +50,5 @@ pub use message::{Defer, HandlerError, Message, Nack, TaskRef};
 pub use migrate::{migrate, migrate_down, migration_status, MigrationStatus, Steps};
 pub use publish::{publish, publish_batch, NewEvent, MAX_PAYLOAD_BYTES};
 pub use subject::{check_pattern, check_subject, subject_matches};
-pub use subscriber::{sub, BackoffFn, ShutdownReport, SubscriberHandle, Subscription};
+pub use subscriber::{sub, BackoffFn, ShutdownReport, SubscriberEvent, SubscriberHandle, Subscription};
 pub use tasks::{cancel_task, get_task, retry_task, task_log, Task, TaskLogEntry};

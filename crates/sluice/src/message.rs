@@ -176,8 +176,8 @@ impl<T> Message<T> {
     /// `max_attempts` with those attempts counted.
     pub async fn defer(&self, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
         self.check_unsettled()?;
-        let due = self.task.defer(&self.shared.pool, defer).await?;
-        self.shared.scheduled(due);
+        let (due, wait_ms) = self.task.defer_at(&self.shared.pool, defer).await?;
+        self.shared.scheduled_in(wait_ms);
         self.settled.store(ACKED, Ordering::Release);
         Ok(due)
     }
@@ -185,8 +185,8 @@ impl<T> Message<T> {
     /// [`Message::defer`] inside the caller's transaction.
     pub async fn defer_tx<'e>(&self, tx: impl PgExecutor<'e>, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
         self.check_unsettled()?;
-        let due = self.task.defer(tx, defer).await?;
-        self.shared.scheduled(due);
+        let (due, wait_ms) = self.task.defer_at(tx, defer).await?;
+        self.shared.scheduled_in(wait_ms);
         self.settled.store(SETTLED_IN_TX, Ordering::Release);
         Ok(due)
     }
@@ -203,9 +203,10 @@ impl<T> Message<T> {
 }
 
 /// One attempt's hold on one task: what ack, nack and defer are fenced by.
-/// Settling with an attempt that no longer holds the task (its lease ended
-/// and the task was handed out again, or it was settled already) changes
-/// nothing and fails with [`TaskError::LeaseLost`].
+/// Its lease token is new at every claim and never reused, not even after a
+/// retry by hand. Settling with a token that no longer holds the task (its
+/// lease ended and the task was handed out again, or it was settled already)
+/// changes nothing and fails with [`TaskError::LeaseLost`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TaskRef {
     /// The consumer's stream.
@@ -216,8 +217,10 @@ pub struct TaskRef {
     pub consumer_id: i32,
     /// The task's event.
     pub event_id: EventId,
-    /// The attempt holding the task.
+    /// The attempt holding the task (a count, for messages and backoff).
     pub attempt: i32,
+    /// The lease token of this attempt: what settling is fenced by.
+    pub lease_token: i64,
     /// The worker holding the task.
     pub worker_id: WorkerId,
 }
@@ -229,7 +232,7 @@ impl TaskRef {
 
     /// Completes the task (deleted, or kept as completed per the consumer's retention).
     pub async fn ack<'e>(&self, db: impl PgExecutor<'e>) -> Result<(), TaskError> {
-        let done = ack_tasks(db, self.consumer_id, &[self.event_id.0], &[self.attempt]).await?;
+        let done = ack_tasks(db, self.consumer_id, &[self.event_id.0], &[self.lease_token]).await?;
         if done.is_empty() {
             return Err(self.lost());
         }
@@ -245,7 +248,7 @@ impl TaskRef {
         let state: Option<String> = sqlx::query_scalar(sql::NACK)
             .bind(self.consumer_id)
             .bind(self.event_id.0)
-            .bind(self.attempt)
+            .bind(self.lease_token)
             .bind(self.worker_id.0)
             .bind(nack.action.as_str())
             .bind(nack.reason)
@@ -257,6 +260,16 @@ impl TaskRef {
 
     /// Defers the task; returns the time it is due.
     pub async fn defer<'e>(&self, db: impl PgExecutor<'e>, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
+        Ok(self.defer_at(db, defer).await?.0)
+    }
+
+    /// Defers the task; returns the time it is due and the wait until then
+    /// in ms, by the database's clock.
+    pub(crate) async fn defer_at<'e>(
+        &self,
+        db: impl PgExecutor<'e>,
+        defer: Defer,
+    ) -> Result<(DateTime<Utc>, i64), TaskError> {
         if let Some(reason) = &defer.reason {
             check_text("reason", reason)?;
         }
@@ -274,10 +287,10 @@ impl TaskRef {
             }
             When::By(d) => (None, duration_ms("defer", d)?),
         };
-        let due: Option<DateTime<Utc>> = sqlx::query_scalar(sql::DEFER)
+        let due: Option<(DateTime<Utc>, i64)> = sqlx::query_as(sql::DEFER)
             .bind(self.consumer_id)
             .bind(self.event_id.0)
-            .bind(self.attempt)
+            .bind(self.lease_token)
             .bind(self.worker_id.0)
             .bind(until)
             .bind(delay_ms)
@@ -289,14 +302,15 @@ impl TaskRef {
     }
 }
 
-/// Completes the tasks `(event_ids[i], attempts[i])` of a consumer still held
-/// by those attempts, in one statement; returns the event ids completed. A
-/// missing one lost its lease. Serves explicit acks and the batched flush.
+/// Completes the tasks `(event_ids[i], lease_tokens[i])` of a consumer still
+/// held under those tokens, in one statement; returns the event ids
+/// completed. A missing one lost its lease. Serves explicit acks and the
+/// batched flush.
 pub(crate) async fn ack_tasks<'e>(
     db: impl PgExecutor<'e>,
     consumer_id: i32,
     event_ids: &[i64],
-    attempts: &[i32],
+    lease_tokens: &[i64],
 ) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query_scalar(sql::ACK)
         // Planned for each call's own arrays: a cached generic plan of this
@@ -304,7 +318,7 @@ pub(crate) async fn ack_tasks<'e>(
         .persistent(false)
         .bind(consumer_id)
         .bind(event_ids)
-        .bind(attempts)
+        .bind(lease_tokens)
         .fetch_all(db)
         .await
 }

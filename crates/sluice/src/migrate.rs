@@ -13,6 +13,21 @@ use crate::error::MigrateError;
 
 static EMBEDDED: Migrator = sqlx::migrate!("../../migrations");
 
+/// Stored functions whose bodies change with the claim logic, one file each in
+/// `migrations/functions/`, named after the function it defines. They are
+/// re-applied after the numbered migrations whenever their text changes
+/// (repeatable migrations, as Flyway's `R__` files), so a change to the claim
+/// is a diff of one file. A change of signature or meaning gets a new name
+/// (`fetch_v3`), so old and new workers can run side by side in a deploy.
+const FUNCTIONS: &[Function] =
+    &[Function { name: "fetch_v2", sql: include_str!("../../../migrations/functions/fetch_v2.sql") }];
+
+/// A file of `migrations/functions/`: the function it defines and its text.
+struct Function {
+    name: &'static str,
+    sql: &'static str,
+}
+
 /// Held for the whole run so that two processes never migrate at once.
 /// Advisory locks are per database, so tests in other databases don't wait.
 const LOCK_KEY: i64 = 0x736c_7569_6365_0001;
@@ -182,12 +197,88 @@ async fn up(conn: &mut PgConnection) -> Result<Vec<i64>, MigrateError> {
         tracing::info!(version = m.version, description = %m.description, "applied Sluice migration");
         done.push(m.version);
     }
+    apply_functions(conn).await?;
     Ok(done)
+}
+
+/// Applies each function file whose text differs from the one last applied.
+async fn apply_functions(conn: &mut PgConnection) -> Result<(), MigrateError> {
+    let installed: bool =
+        sqlx::query_scalar("SELECT to_regclass('sluice._functions') IS NOT NULL").fetch_one(&mut *conn).await?;
+    if !installed {
+        sqlx::raw_sql(
+            "CREATE TABLE sluice._functions (
+                 name       text PRIMARY KEY,
+                 checksum   text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    for function in FUNCTIONS {
+        let name = function.name;
+        let current: Option<bool> =
+            sqlx::query_scalar("SELECT checksum = md5($2) FROM sluice._functions WHERE name = $1")
+                .bind(name)
+                .bind(function.sql)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if current == Some(true) {
+            continue;
+        }
+        let failed = |source| MigrateError::Failed { version: 0, description: format!("function {name}"), source };
+        let mut tx = conn.begin().await?;
+        sqlx::raw_sql(function.sql).execute(&mut *tx).await.map_err(failed)?;
+        sqlx::query(
+            "INSERT INTO sluice._functions (name, checksum) VALUES ($1, md5($2))
+             ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()",
+        )
+        .bind(name)
+        .bind(function.sql)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(function = name, "applied Sluice function");
+    }
+    Ok(())
+}
+
+/// Drops every function applied from `migrations/functions/` (all overloads
+/// of each name): they are written against the latest schema, so a down
+/// migration removes them first, and the next `migrate` of whichever build
+/// runs then applies its own.
+async fn drop_functions(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let installed: bool =
+        sqlx::query_scalar("SELECT to_regclass('sluice._functions') IS NOT NULL").fetch_one(&mut *conn).await?;
+    if !installed {
+        return Ok(());
+    }
+    // The names come from the catalog and the runner's own table, never from input.
+    sqlx::raw_sql(
+        "DO $$
+         DECLARE f regprocedure;
+         BEGIN
+             FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+                      JOIN sluice._functions a ON a.name = p.proname
+                      WHERE p.pronamespace = 'sluice'::regnamespace
+             LOOP
+                 EXECUTE 'DROP FUNCTION ' || f;
+             END LOOP;
+         END $$;
+         DROP TABLE sluice._functions;",
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn down(conn: &mut PgConnection, steps: Steps) -> Result<Vec<i64>, MigrateError> {
     let mut applied = applied(conn).await?;
     let mut done = Vec::new();
+    if !applied.is_empty() {
+        drop_functions(conn).await?;
+    }
     while let Some(last) = applied.pop() {
         let Some(m) = down_of(last.version) else {
             return Err(MigrateError::UnknownVersion { version: last.version });

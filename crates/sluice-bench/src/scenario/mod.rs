@@ -10,6 +10,7 @@ mod latency;
 mod pinned;
 mod publish;
 mod scale;
+mod selective;
 mod soak;
 
 /// What every scenario gets.
@@ -27,6 +28,7 @@ pub async fn run(scenario: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         Scenario::Soak => soak::run(ctx).await,
         Scenario::Pinned => pinned::run(ctx).await,
         Scenario::Scale => scale::run(ctx).await,
+        Scenario::Selective => selective::run(ctx).await,
         Scenario::All => unreachable!("`all` is expanded when the options are read"),
     }
 }

@@ -1,6 +1,6 @@
--- Completes the tasks (consumer $1, event $2[i], attempt $3[i]) still held by
--- that attempt: deleted, or marked completed when the consumer keeps
--- completed tasks. Returns the event ids completed; a missing one lost its lease.
+-- Completes the tasks (consumer $1, event $2[i]) still held under lease
+-- token $3[i]: deleted, or marked completed when the consumer keeps completed
+-- tasks. Returns the event ids completed; a missing one lost its lease.
 -- The `= ANY($2)` lookups keep the plan on the primary key: joined with
 -- `held` alone, Postgres hashed every running task of the consumer, dead
 -- index entries included, and a flush of 1,000 acks took 350 ms.
@@ -8,13 +8,13 @@ WITH keep AS (
     SELECT completed_retention > interval '0' AS keep FROM sluice.consumers WHERE id = $1
 ),
 held AS (
-    SELECT * FROM unnest($2::bigint[], $3::int[]) AS h(event_id, attempt)
+    SELECT * FROM unnest($2::bigint[], $3::bigint[]) AS h(event_id, lease_token)
 ),
 deleted AS (
     DELETE FROM sluice.tasks t
     USING held h
     WHERE t.consumer_id = $1 AND t.event_id = ANY ($2::bigint[])
-      AND t.event_id = h.event_id AND t.attempt = h.attempt
+      AND t.event_id = h.event_id AND t.lease_token = h.lease_token
       AND t.state = 'running'
       AND NOT coalesce((SELECT keep FROM keep), false)
     RETURNING t.event_id
@@ -24,7 +24,7 @@ completed AS (
     SET state = 'completed', finished_at = now(), lease_until = NULL
     FROM held h
     WHERE t.consumer_id = $1 AND t.event_id = ANY ($2::bigint[])
-      AND t.event_id = h.event_id AND t.attempt = h.attempt
+      AND t.event_id = h.event_id AND t.lease_token = h.lease_token
       AND t.state = 'running'
       AND coalesce((SELECT keep FROM keep), false)
     RETURNING t.event_id

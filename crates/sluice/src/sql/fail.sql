@@ -1,4 +1,4 @@
--- A failed attempt of (consumer $1, event $2, attempt $3) by worker $4 with
+-- A failed attempt of (consumer $1, event $2) under lease token $3, by worker $4, with
 -- error $5: the next attempt is scheduled after $6 ms, or the task is
 -- discarded when $7 (no retry) or when it was the last attempt. The error
 -- joins the task's history and the audit log. No row: the lease was lost.
@@ -14,7 +14,7 @@ WITH failed AS (
             'attempt', t.attempt, 'at', now(), 'error', $5::text, 'worker', $4::uuid))
     FROM sluice.consumers c
     WHERE c.id = t.consumer_id
-      AND t.consumer_id = $1 AND t.event_id = $2 AND t.attempt = $3 AND t.state = 'running'
+      AND t.consumer_id = $1 AND t.event_id = $2 AND t.lease_token = $3 AND t.state = 'running'
     RETURNING t.consumer_id, t.event_id, t.attempt, t.state, t.schedule_at, t.priority
 ),
 logged AS (
@@ -24,4 +24,5 @@ logged AS (
            $5, priority, schedule_at, $4
     FROM failed
 )
-SELECT state::text AS state, schedule_at FROM failed
+-- due_in_ms: the wait by the database's clock, for the subscriber's wake-up.
+SELECT state::text AS state, (extract(epoch FROM schedule_at - now()) * 1000)::bigint AS due_in_ms FROM failed

@@ -1,15 +1,18 @@
 -- Housekeeping for consumer $1, by one session at a time (advisory lock):
--- promotes due scheduled tasks, frees tasks whose lease ended or whose worker
--- stopped beating for $2 ms, forgets such workers, and removes completed
--- tasks past the consumer's retention. Returns counts and the next due time.
--- Each step touches at most $3 rows, reads only the partial indexes and skips
--- locked rows, so it costs nearly nothing when idle and never waits.
+-- promotes due scheduled tasks; frees the running tasks of dead workers
+-- (silent for longer than their own dead_after) and of workers that left no
+-- row once the tasks' leases have ended; forgets a dead worker once none of
+-- its tasks is left; removes completed tasks past the consumer's retention.
+-- Returns counts, and how long until the next scheduled task is due by the
+-- database's clock (so a client clock that is off cannot make it spin).
+-- Each step touches at most $2 rows, reads only the partial indexes and
+-- skips locked rows, so it costs nearly nothing when idle and never waits.
 WITH gate AS MATERIALIZED (
     SELECT pg_try_advisory_xact_lock(1936487781, $1) AS ok
 ),
 dead AS MATERIALIZED (
     SELECT w.id FROM sluice.workers w
-    WHERE w.consumer_id = $1 AND w.heartbeat_at < now() - $2 * interval '1 millisecond'
+    WHERE w.consumer_id = $1 AND w.heartbeat_at < now() - w.dead_after
       AND (SELECT ok FROM gate)
     FOR UPDATE SKIP LOCKED
 ),
@@ -22,7 +25,7 @@ due AS MATERIALIZED (
     WHERE d.consumer_id = $1 AND d.state = 'scheduled' AND d.schedule_at <= now()
       AND (SELECT ok FROM gate)
     ORDER BY d.schedule_at
-    LIMIT $3
+    LIMIT $2
     FOR UPDATE SKIP LOCKED
 ),
 promoted AS (
@@ -34,10 +37,13 @@ promoted AS (
 lost AS MATERIALIZED (
     SELECT r.consumer_id, r.event_id FROM sluice.tasks r
     WHERE r.consumer_id = $1 AND r.state = 'running'
-      AND (r.lease_until < now() OR r.worker_id IN (SELECT id FROM dead))
+      AND (r.worker_id IN (SELECT id FROM dead)
+           OR (r.lease_until < now()
+               AND NOT EXISTS (SELECT 1 FROM sluice.workers w
+                               WHERE w.id = r.worker_id AND w.heartbeat_at >= now() - w.dead_after)))
       AND (SELECT ok FROM gate)
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
+    LIMIT $2
+    FOR UPDATE OF r SKIP LOCKED
 ),
 expired AS (
     UPDATE sluice.tasks t
@@ -62,16 +68,28 @@ logged AS (
            priority
     FROM expired
 ),
+-- A dead worker is forgotten only once this run frees the last of its tasks:
+-- forgotten earlier, the rest would wait out their whole lease.
 forgotten AS (
-    DELETE FROM sluice.workers w WHERE w.id IN (SELECT id FROM dead)
+    DELETE FROM sluice.workers w
+    WHERE w.id IN (SELECT id FROM dead)
+      AND NOT EXISTS (SELECT 1 FROM sluice.tasks r
+                      WHERE r.consumer_id = $1 AND r.state = 'running' AND r.worker_id = w.id
+                        AND r.event_id <> ALL (ARRAY(SELECT event_id FROM lost)))
     RETURNING 1
+),
+old AS MATERIALIZED (
+    SELECT p.consumer_id, p.event_id FROM sluice.tasks p
+    JOIN sluice.consumers c ON c.id = p.consumer_id
+    WHERE p.consumer_id = $1 AND p.state = 'completed'
+      AND p.finished_at < now() - c.completed_retention
+      AND (SELECT ok FROM gate)
+    LIMIT $2
+    FOR UPDATE OF p SKIP LOCKED
 ),
 purged AS (
     DELETE FROM sluice.tasks t
-    USING sluice.consumers c
-    WHERE c.id = t.consumer_id AND t.consumer_id = $1 AND t.state = 'completed'
-      AND t.finished_at < now() - c.completed_retention
-      AND (SELECT ok FROM gate)
+    WHERE t.consumer_id = $1 AND t.event_id = ANY (ARRAY(SELECT event_id FROM old))
     RETURNING 1
 ),
 woken AS (
@@ -84,5 +102,9 @@ SELECT (SELECT count(*) FROM promoted) AS promoted,
        (SELECT count(*) FROM forgotten) AS forgotten,
        (SELECT count(*) FROM purged) AS purged,
        (SELECT count(*) FROM woken) AS woken,
-       -- When the next scheduled task falls due, so the subscriber can wake for it.
-       (SELECT min(n.schedule_at) FROM sluice.tasks n WHERE n.consumer_id = $1 AND n.state = 'scheduled') AS next_due
+       -- A full batch means more is waiting: run again at once.
+       (SELECT count(*) FROM due) >= $2 OR (SELECT count(*) FROM lost) >= $2
+           OR (SELECT count(*) FROM old) >= $2 AS more,
+       -- How long until the next scheduled task falls due, by this server's clock.
+       (SELECT (extract(epoch FROM min(n.schedule_at) - now()) * 1000)::bigint
+        FROM sluice.tasks n WHERE n.consumer_id = $1 AND n.state = 'scheduled') AS next_due_ms

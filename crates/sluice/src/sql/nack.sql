@@ -1,4 +1,4 @@
--- Nacks (consumer $1, event $2, attempt $3) held by worker $4: $5 'discard'
+-- Nacks (consumer $1, event $2) held under lease token $3 by worker $4: $5 'discard'
 -- dead-letters it; 'start' requeues it before everything queued (a negative
 -- position), 'end' after everything queued now. A requeue counts as an
 -- attempt: on the last one the task is discarded instead. The reason $6 joins
@@ -17,7 +17,7 @@ WITH nacked AS (
             'worker', $4::uuid))
     FROM sluice.consumers c
     WHERE c.id = t.consumer_id
-      AND t.consumer_id = $1 AND t.event_id = $2 AND t.attempt = $3 AND t.state = 'running'
+      AND t.consumer_id = $1 AND t.event_id = $2 AND t.lease_token = $3 AND t.state = 'running'
     RETURNING t.consumer_id, t.event_id, t.attempt, t.state, t.priority
 ),
 logged AS (

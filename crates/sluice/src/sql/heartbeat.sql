@@ -1,0 +1,36 @@
+-- Worker $1 of consumer $2 is alive, with status $3, and holds the tasks of
+-- lease tokens $4. Liveness is the worker's row alone: the tasks a live
+-- worker holds are never rewritten to prove it, so a handler's transaction
+-- at any isolation level can settle its task however long it runs.
+--
+-- A task running under this worker's name, claimed longer than a lease ago
+-- but not among those it holds, was claimed by a fetch whose answer never
+-- reached the worker (a timeout, a broken connection): no handler ever
+-- started it, so it goes back with its attempt returned.
+--
+-- registered 0: another subscriber took the worker for dead and forgot it.
+WITH beat AS (
+    UPDATE sluice.workers
+    SET heartbeat_at = now(), status = $3::text::sluice.worker_status
+    WHERE id = $1
+    RETURNING 1
+),
+stray AS MATERIALIZED (
+    SELECT t.consumer_id, t.event_id FROM sluice.tasks t
+    WHERE t.consumer_id = $2 AND t.state = 'running' AND t.lease_until < now()
+      AND t.worker_id = $1 AND NOT (t.lease_token = ANY ($4::bigint[]))
+    FOR UPDATE SKIP LOCKED
+),
+returned AS (
+    UPDATE sluice.tasks t
+    SET state = 'available', attempt = t.attempt - 1, lease_until = NULL, worker_id = NULL
+    FROM stray s
+    WHERE t.consumer_id = s.consumer_id AND t.event_id = s.event_id
+    RETURNING t.consumer_id, t.event_id, t.attempt, t.priority
+),
+logged AS (
+    INSERT INTO sluice.task_log (consumer_id, event_id, attempt, action, reason, priority, worker_id)
+    SELECT consumer_id, event_id, attempt + 1, 'released', 'the claim never reached the worker', priority, $1
+    FROM returned
+)
+SELECT (SELECT count(*) FROM beat) AS registered, (SELECT count(*) FROM returned) AS returned

@@ -1,0 +1,151 @@
+//! The fetcher: one round trip that moves the consumer's position forward
+//! and claims tasks for this worker (`sluice.fetch_v2`, see
+//! `migrations/functions/fetch_v2.sql`).
+
+use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+
+use super::{timed, Shared};
+use crate::error::Error;
+use crate::sql;
+
+/// One claimed task with its event.
+pub(crate) struct ClaimedTask {
+    pub(crate) event_id: i64,
+    pub(crate) lease_token: i64,
+    pub(crate) attempt: i32,
+    pub(crate) priority: i16,
+    pub(crate) subject: String,
+    pub(crate) payload: String,
+    pub(crate) metadata: String,
+    pub(crate) key: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+}
+
+impl ClaimedTask {
+    pub(crate) fn key(&self) -> super::registry::Key {
+        (self.event_id, self.lease_token)
+    }
+}
+
+pub(crate) struct Fetched {
+    /// The window was cut: more events wait to be materialized.
+    pub(crate) more: bool,
+    /// Another subscriber was refilling the consumer.
+    pub(crate) busy: bool,
+    pub(crate) materialized: usize,
+    /// In claim order: priority, then queue position.
+    pub(crate) tasks: Vec<ClaimedTask>,
+}
+
+/// Why a fetch failed.
+pub(crate) enum FetchError {
+    /// The subscriber cannot go on: its consumer is gone, or its position
+    /// belongs to another cluster.
+    Stop(Error),
+    /// Try again later.
+    Db(sqlx::Error),
+}
+
+#[derive(FromRow)]
+struct FetchRow {
+    materialized: Option<i32>,
+    more: Option<bool>,
+    busy: Option<bool>,
+    event_id: Option<i64>,
+    lease_token: Option<i64>,
+    attempt: Option<i32>,
+    priority: Option<i16>,
+    position: Option<i64>,
+    subject: Option<String>,
+    payload: Option<String>,
+    metadata: Option<String>,
+    key: Option<String>,
+    created_at: Option<DateTime<Utc>>,
+}
+
+/// What one fetch asks for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ask {
+    pub(crate) tasks: usize,
+    pub(crate) chunk: i32,
+    pub(crate) max_bytes: i64,
+    pub(crate) refill: bool,
+}
+
+pub(crate) async fn fetch(shared: &Shared, ask: Ask) -> Result<Fetched, FetchError> {
+    let started = std::time::Instant::now();
+    let rows: Vec<FetchRow> = timed(
+        shared.db_timeout,
+        "fetching tasks",
+        sqlx::query_as(sql::FETCH)
+            .bind(shared.consumer_id)
+            .bind(shared.worker_id)
+            .bind(shared.lease_ms)
+            .bind(ask.tasks as i32)
+            .bind(ask.chunk)
+            .bind(ask.refill)
+            .bind(ask.max_bytes)
+            .fetch_all(&shared.pool),
+    )
+    .await
+    .map_err(|e| classify(shared, e))?;
+
+    let mut rows = rows.into_iter();
+    let status = rows.next().ok_or_else(|| FetchError::Db(sqlx::Error::RowNotFound))?;
+    let mut tasks: Vec<(i64, ClaimedTask)> = rows
+        .filter_map(|r| {
+            let task = ClaimedTask {
+                event_id: r.event_id?,
+                lease_token: r.lease_token?,
+                attempt: r.attempt?,
+                priority: r.priority?,
+                subject: r.subject?,
+                payload: r.payload.unwrap_or_else(|| "null".into()),
+                metadata: r.metadata.unwrap_or_else(|| "{}".into()),
+                key: r.key,
+                created_at: r.created_at?,
+            };
+            Some((r.position?, task))
+        })
+        .collect();
+    tasks.sort_by_key(|(position, t)| (std::cmp::Reverse(t.priority), *position));
+    let fetched = Fetched {
+        more: status.more.unwrap_or(false),
+        busy: status.busy.unwrap_or(false),
+        materialized: status.materialized.unwrap_or(0).max(0) as usize,
+        tasks: tasks.into_iter().map(|(_, t)| t).collect(),
+    };
+    tracing::trace!(
+        asked = ask.tasks,
+        claimed = fetched.tasks.len(),
+        materialized = fetched.materialized,
+        more = fetched.more,
+        busy = fetched.busy,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "fetched"
+    );
+    Ok(fetched)
+}
+
+fn classify(shared: &Shared, e: sqlx::Error) -> FetchError {
+    if let sqlx::Error::Database(db) = &e {
+        match db.code().as_deref() {
+            // no_data_found: the consumer (or its stream) was deleted.
+            Some("P0002") => {
+                return FetchError::Stop(Error::ConsumerNotFound {
+                    stream: shared.stream.clone(),
+                    consumer: shared.consumer.clone(),
+                })
+            }
+            Some("SL001") => {
+                return FetchError::Stop(Error::PositionAhead {
+                    stream: shared.stream.clone(),
+                    consumer: shared.consumer.clone(),
+                })
+            }
+            _ => {}
+        }
+    }
+    FetchError::Db(e)
+}
