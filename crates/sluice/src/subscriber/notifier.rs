@@ -16,6 +16,9 @@ use tracing::{debug, warn};
 
 use super::ErrorBackoff;
 
+/// How long connecting the LISTEN connection may take before it is tried again.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The notifiers alive in this process, by database.
 static NOTIFIERS: LazyLock<Mutex<HashMap<String, Weak<Notifier>>>> = LazyLock::new(Default::default);
 
@@ -115,7 +118,7 @@ async fn listen(pool: PgPool, topics: Topics, changed: Arc<Notify>, stop: Cancel
     'connect: loop {
         let connected = tokio::select! {
             _ = stop.cancelled() => return,
-            l = PgListener::connect_with(&pool) => l,
+            l = super::timed(CONNECT_TIMEOUT, "connecting to LISTEN", PgListener::connect_with(&pool)) => l,
         };
         let mut listener = match connected {
             Ok(l) => l,
