@@ -18,10 +18,12 @@
 -- that keeps up), the caller is hungry: the best p_limit matches of the chunk
 -- are inserted already leased to it, so the event, the task and the ack are
 -- the only rows written. When every event in the window has the default
--- priority those are its first p_limit matches, and the window is cut right
--- after them: a selective consumer scans a whole chunk for them in one call,
--- a busy one reads no more than it leases. Otherwise the chunk's matches
--- queue up as available and the claim takes the best by priority.
+-- priority those are simply its first p_limit matches: a first pass reads
+-- p_limit events; if fewer of them matched, a second pass finds where the
+-- missing matches end within the rest of the chunk and cuts the window
+-- there. A busy consumer reads no more than it leases, a selective one scans
+-- a whole chunk per call. Otherwise the chunk's matches queue up as
+-- available and the claim takes the best by priority.
 --
 -- Leased and claimed tasks together hold at most about p_max_bytes of
 -- payload (always at least one task).
@@ -57,7 +59,17 @@ DECLARE
     v_hungry       boolean := false;
     v_cut_txid     xid8;
     v_cut_id       bigint;
-    v_scanned      integer := 0;
+    v_in_order     boolean := false;
+    v_pass         integer := 0;
+    v_scan         integer;
+    v_budget       integer := p_chunk;
+    v_want         integer := p_limit;
+    v_wtxid        xid8;
+    v_wid          bigint;
+    v_scanned      integer;
+    v_inserted     integer;
+    v_pass_leased  sluice.claimed_task[];
+    v_pass_bytes   bigint;
     v_txid         xid8;
     v_id           bigint;
     v_paused       boolean;
@@ -95,133 +107,156 @@ BEGIN
         v_paused := c.paused;
         v_end := coalesce(c.window_end, v_now);
         v_xip := ARRAY(SELECT pg_snapshot_xip(c.position));
-        v_from := greatest(pg_snapshot_xmax(c.position), coalesce(c.window_txid, '0'::xid8));
+        v_wtxid := coalesce(c.window_txid, '0'::xid8);
+        v_wid := coalesce(c.window_id, 0);
         v_hungry := p_worker IS NOT NULL AND p_limit > 0 AND NOT c.paused
                     AND NOT EXISTS (SELECT 1 FROM sluice.tasks t
                                     WHERE t.consumer_id = p_consumer AND t.state = 'available');
-
         -- Hungry, and only default priorities in the window (a partial index
-        -- holds just the prioritized events): find the p_limit-th match
-        -- within the chunk, to cut the window there.
-        IF v_hungry AND NOT EXISTS (
+        -- holds just the prioritized events): leasing in window order is
+        -- leasing the best.
+        v_in_order := v_hungry AND NOT EXISTS (
             SELECT 1 FROM sluice.events e
             WHERE e.stream_id = c.stream_id AND e.priority > 1
-              AND (e.txid = ANY (v_xip) OR e.txid >= v_from)
-              AND e.txid < pg_snapshot_xmax(v_end))
-        THEN
-            SELECT b.txid, b.id INTO v_cut_txid, v_cut_id
-            FROM (SELECT e.id, e.txid, e.subject, e.created_at
-                  FROM sluice.events e
-                  WHERE e.stream_id = c.stream_id
-                    AND e.txid >= v_from
-                    AND e.txid < pg_snapshot_xmax(v_end)
-                    AND pg_visible_in_snapshot(e.txid, v_end)
-                    AND (e.txid, e.id) > (coalesce(c.window_txid, '0'::xid8), coalesce(c.window_id, 0))
-                  ORDER BY e.txid, e.id
-                  LIMIT p_chunk) AS b
-            WHERE b.subject ~ c.include_regex
-              AND (c.exclude_regex IS NULL OR b.subject !~ c.exclude_regex)
-              AND (c.start_from IS NULL OR b.created_at >= c.start_from)
-              AND (c.start_event IS NULL OR b.id >= c.start_event)
-            ORDER BY b.txid, b.id
-            OFFSET p_limit - 1
-            LIMIT 1;
-        END IF;
+              AND (e.txid = ANY (v_xip) OR e.txid >= greatest(pg_snapshot_xmax(c.position), v_wtxid))
+              AND e.txid < pg_snapshot_xmax(v_end));
+        v_scan := CASE WHEN v_in_order THEN least(p_limit, p_chunk) ELSE p_chunk END;
 
-        -- The window's next events in (txid, id) order.
-        WITH win AS (
-            SELECT u.* FROM (
-                -- Transactions that were in progress at the position.
-                (SELECT e.id, e.txid, e.subject, e.priority, e.deliver_at, e.created_at,
-                        pg_column_size(e.payload) AS size
-                 FROM sluice.events e
-                 WHERE e.stream_id = c.stream_id
-                   AND e.txid = ANY (v_xip)
-                   AND pg_visible_in_snapshot(e.txid, v_end)
-                   AND (e.txid, e.id) > (coalesce(c.window_txid, '0'::xid8), coalesce(c.window_id, 0))
-                 ORDER BY e.txid, e.id
-                 LIMIT p_chunk)
-                UNION ALL
-                -- Transactions that started after it, up to the window's end.
-                (SELECT e.id, e.txid, e.subject, e.priority, e.deliver_at, e.created_at,
-                        pg_column_size(e.payload) AS size
-                 FROM sluice.events e
-                 WHERE e.stream_id = c.stream_id
-                   AND e.txid >= v_from
-                   AND e.txid < pg_snapshot_xmax(v_end)
-                   AND pg_visible_in_snapshot(e.txid, v_end)
-                   AND (e.txid, e.id) > (coalesce(c.window_txid, '0'::xid8), coalesce(c.window_id, 0))
-                   AND (v_cut_txid IS NULL OR (e.txid, e.id) <= (v_cut_txid, v_cut_id))
-                 ORDER BY e.txid, e.id
-                 LIMIT p_chunk)
-            ) AS u
-            ORDER BY u.txid, u.id
-            LIMIT p_chunk
-        ),
-        ins AS (
-            INSERT INTO sluice.tasks AS t (consumer_id, event_id, state, priority, schedule_at, position,
-                                           attempt, worker_id, lease_until, lease_token)
-            SELECT c.id, m.id, m.state, m.priority,
-                   CASE WHEN m.state = 'scheduled' THEN m.deliver_at END,
-                   m.id,
-                   CASE WHEN m.state = 'running' THEN 1 ELSE 0 END,
-                   CASE WHEN m.state = 'running' THEN p_worker END,
-                   CASE WHEN m.state = 'running' THEN now() + p_lease END,
-                   nextval('sluice.lease_token')
-            FROM (
-                -- The best p_limit of the chunk (within the byte budget) go
-                -- to the caller at once, as the claim would have picked them;
-                -- the rest queue up.
-                SELECT w.id, w.priority, w.deliver_at,
-                       CASE WHEN w.deliver_at > now() THEN 'scheduled'
-                            WHEN v_hungry
-                                 AND row_number() OVER best <= p_limit
-                                 AND sum(w.size) OVER best - w.size < p_max_bytes THEN 'running'
-                            ELSE 'available' END::sluice.task_state AS state
-                FROM win w
-                WHERE w.subject ~ c.include_regex
-                  AND (c.exclude_regex IS NULL OR w.subject !~ c.exclude_regex)
-                  AND (c.start_from IS NULL OR w.created_at >= c.start_from)
-                  AND (c.start_event IS NULL OR w.id >= c.start_event)
-                WINDOW best AS (PARTITION BY coalesce(w.deliver_at > now(), false)
-                                ORDER BY w.priority DESC, w.id ROWS UNBOUNDED PRECEDING)
-            ) AS m
-            -- A replay (reset_position) brings completed tasks back as new
-            -- ones; pending, dead and cancelled tasks stay as they are.
-            ON CONFLICT (consumer_id, event_id) DO UPDATE
-            SET state = excluded.state, priority = excluded.priority, schedule_at = excluded.schedule_at,
-                position = excluded.position, attempt = excluded.attempt, worker_id = excluded.worker_id,
-                lease_until = excluded.lease_until, lease_token = excluded.lease_token,
-                errors = '[]', created_at = now(), finished_at = NULL
-            WHERE t.state = 'completed'
-            RETURNING t.event_id, t.state, t.attempt, t.priority, t.position, t.lease_token
-        ),
-        leased AS (
-            -- By primary key: the estimates of these CTEs are too rough for a
-            -- join between them (it came out as a nested loop of 500 x 500).
-            SELECT ROW(i.event_id, i.lease_token, i.attempt, i.priority, i.position, e.subject,
-                       e.payload::text, e.metadata::text, e.key, e.created_at)::sluice.claimed_task AS task,
-                   pg_column_size(e.payload) AS size
-            FROM ins i JOIN sluice.events e ON e.id = i.event_id
-            WHERE i.state = 'running'
-        ),
-        last AS (
-            SELECT w.txid, w.id FROM win w ORDER BY w.txid DESC, w.id DESC LIMIT 1
-        )
-        SELECT (SELECT count(*) FROM win), (SELECT count(*) FROM ins), last.txid, last.id,
-               coalesce((SELECT array_agg(l.task) FROM leased l), '{}'),
-               coalesce((SELECT sum(l.size) FROM leased l), 0)
-        INTO v_scanned, v_materialized, v_txid, v_id, v_leased, v_bytes
-        FROM (SELECT 1) AS one LEFT JOIN last ON true;
+        LOOP
+            v_pass := v_pass + 1;
+            v_from := greatest(pg_snapshot_xmax(c.position), v_wtxid);
+            v_cut_txid := NULL;
+            v_cut_id := NULL;
+            IF v_pass = 2 THEN
+                -- The v_want-th match within the rest of the chunk, if any.
+                SELECT b.txid, b.id INTO v_cut_txid, v_cut_id
+                FROM (SELECT e.id, e.txid, e.subject, e.created_at
+                      FROM sluice.events e
+                      WHERE e.stream_id = c.stream_id
+                        AND e.txid >= v_from
+                        AND e.txid < pg_snapshot_xmax(v_end)
+                        AND pg_visible_in_snapshot(e.txid, v_end)
+                        AND (e.txid, e.id) > (v_wtxid, v_wid)
+                      ORDER BY e.txid, e.id
+                      LIMIT v_scan) AS b
+                WHERE b.subject ~ c.include_regex
+                  AND (c.exclude_regex IS NULL OR b.subject !~ c.exclude_regex)
+                  AND (c.start_from IS NULL OR b.created_at >= c.start_from)
+                  AND (c.start_event IS NULL OR b.id >= c.start_event)
+                ORDER BY b.txid, b.id
+                OFFSET v_want - 1
+                LIMIT 1;
+            END IF;
 
-        IF v_scanned < p_chunk AND v_cut_txid IS NULL THEN
+            -- The window's next events in (txid, id) order.
+            WITH win AS (
+                SELECT u.* FROM (
+                    -- Transactions that were in progress at the position.
+                    (SELECT e.id, e.txid, e.subject, e.priority, e.deliver_at, e.created_at,
+                            pg_column_size(e.payload) AS size
+                     FROM sluice.events e
+                     WHERE e.stream_id = c.stream_id
+                       AND e.txid = ANY (v_xip)
+                       AND pg_visible_in_snapshot(e.txid, v_end)
+                       AND (e.txid, e.id) > (v_wtxid, v_wid)
+                     ORDER BY e.txid, e.id
+                     LIMIT v_scan)
+                    UNION ALL
+                    -- Transactions that started after it, up to the window's end.
+                    (SELECT e.id, e.txid, e.subject, e.priority, e.deliver_at, e.created_at,
+                            pg_column_size(e.payload) AS size
+                     FROM sluice.events e
+                     WHERE e.stream_id = c.stream_id
+                       AND e.txid >= v_from
+                       AND e.txid < pg_snapshot_xmax(v_end)
+                       AND pg_visible_in_snapshot(e.txid, v_end)
+                       AND (e.txid, e.id) > (v_wtxid, v_wid)
+                       AND (v_cut_txid IS NULL OR (e.txid, e.id) <= (v_cut_txid, v_cut_id))
+                     ORDER BY e.txid, e.id
+                     LIMIT v_scan)
+                ) AS u
+                ORDER BY u.txid, u.id
+                LIMIT v_scan
+            ),
+            ins AS (
+                INSERT INTO sluice.tasks AS t (consumer_id, event_id, state, priority, schedule_at, position,
+                                               attempt, worker_id, lease_until, lease_token)
+                SELECT c.id, m.id, m.state, m.priority,
+                       CASE WHEN m.state = 'scheduled' THEN m.deliver_at END,
+                       m.id,
+                       CASE WHEN m.state = 'running' THEN 1 ELSE 0 END,
+                       CASE WHEN m.state = 'running' THEN p_worker END,
+                       CASE WHEN m.state = 'running' THEN now() + p_lease END,
+                       nextval('sluice.lease_token')
+                FROM (
+                    -- The best v_want of the chunk (within the byte budget)
+                    -- go to the caller at once, as the claim would have
+                    -- picked them; the rest queue up.
+                    SELECT w.id, w.priority, w.deliver_at,
+                           CASE WHEN w.deliver_at > now() THEN 'scheduled'
+                                WHEN v_hungry
+                                     AND row_number() OVER best <= v_want
+                                     AND v_bytes + sum(w.size) OVER best - w.size < p_max_bytes THEN 'running'
+                                ELSE 'available' END::sluice.task_state AS state
+                    FROM win w
+                    WHERE w.subject ~ c.include_regex
+                      AND (c.exclude_regex IS NULL OR w.subject !~ c.exclude_regex)
+                      AND (c.start_from IS NULL OR w.created_at >= c.start_from)
+                      AND (c.start_event IS NULL OR w.id >= c.start_event)
+                    WINDOW best AS (PARTITION BY coalesce(w.deliver_at > now(), false)
+                                    ORDER BY w.priority DESC, w.id ROWS UNBOUNDED PRECEDING)
+                ) AS m
+                -- A replay (reset_position) brings completed tasks back as new
+                -- ones; pending, dead and cancelled tasks stay as they are.
+                ON CONFLICT (consumer_id, event_id) DO UPDATE
+                SET state = excluded.state, priority = excluded.priority, schedule_at = excluded.schedule_at,
+                    position = excluded.position, attempt = excluded.attempt, worker_id = excluded.worker_id,
+                    lease_until = excluded.lease_until, lease_token = excluded.lease_token,
+                    errors = '[]', created_at = now(), finished_at = NULL
+                WHERE t.state = 'completed'
+                RETURNING t.event_id, t.state, t.attempt, t.priority, t.position, t.lease_token
+            ),
+            leased AS (
+                -- By primary key: the estimates of these CTEs are too rough for a
+                -- join between them (it came out as a nested loop of 500 x 500).
+                SELECT ROW(i.event_id, i.lease_token, i.attempt, i.priority, i.position, e.subject,
+                           e.payload::text, e.metadata::text, e.key, e.created_at)::sluice.claimed_task AS task,
+                       pg_column_size(e.payload) AS size
+                FROM ins i JOIN sluice.events e ON e.id = i.event_id
+                WHERE i.state = 'running'
+            ),
+            last AS (
+                SELECT w.txid, w.id FROM win w ORDER BY w.txid DESC, w.id DESC LIMIT 1
+            )
+            SELECT (SELECT count(*) FROM win), (SELECT count(*) FROM ins), last.txid, last.id,
+                   coalesce((SELECT array_agg(l.task) FROM leased l), '{}'),
+                   coalesce((SELECT sum(l.size) FROM leased l), 0)
+            INTO v_scanned, v_inserted, v_txid, v_id, v_pass_leased, v_pass_bytes
+            FROM (SELECT 1) AS one LEFT JOIN last ON true;
+
+            v_materialized := v_materialized + v_inserted;
+            v_leased := v_leased || v_pass_leased;
+            v_bytes := v_bytes + v_pass_bytes;
+            v_want := v_want - cardinality(v_pass_leased);
+            v_budget := v_budget - v_scanned;
+            IF v_scanned > 0 THEN
+                v_wtxid := v_txid;
+                v_wid := v_id;
+            END IF;
+            -- The window is done when a pass read less than it could, uncut.
+            v_more := v_scanned >= v_scan OR v_cut_txid IS NOT NULL;
+            EXIT WHEN NOT v_in_order OR v_pass = 2 OR NOT v_more OR v_want <= 0 OR v_budget <= 0
+                   OR v_bytes >= p_max_bytes;
+            v_scan := v_budget;
+        END LOOP;
+
+        IF v_more THEN
             UPDATE sluice.consumers co
-            SET position = v_end, window_end = NULL, window_txid = NULL, window_id = NULL
+            SET window_end = v_end, window_txid = v_wtxid, window_id = v_wid
             WHERE co.id = c.id;
         ELSE
-            v_more := true;
             UPDATE sluice.consumers co
-            SET window_end = v_end, window_txid = v_txid, window_id = v_id
+            SET position = v_end, window_end = NULL, window_txid = NULL, window_id = NULL
             WHERE co.id = c.id;
         END IF;
     ELSIF p_limit > 0 THEN
@@ -251,23 +286,25 @@ BEGIN
     THEN
         RETURN QUERY
         WITH picked AS MATERIALIZED (
-            SELECT t.consumer_id, t.event_id, t.priority, t.position
+            -- The event is read here, once: its size for the byte budget,
+            -- and what the handler gets.
+            SELECT t.consumer_id, t.event_id, t.priority, t.position, e.id IS NOT NULL AS has_event,
+                   coalesce(pg_column_size(e.payload), 0) AS size, e.subject, e.payload::text AS payload,
+                   e.metadata::text AS metadata, e.key, e.created_at
             FROM sluice.tasks t
+            LEFT JOIN sluice.events e ON e.id = t.event_id
             WHERE t.consumer_id = p_consumer AND t.state = 'available'
             ORDER BY t.priority DESC, t.position
             LIMIT p_limit - cardinality(v_leased)
-            FOR UPDATE SKIP LOCKED
+            FOR UPDATE OF t SKIP LOCKED
         ),
-        sized AS MATERIALIZED (
-            SELECT p.event_id, e.id IS NOT NULL AS has_event,
-                   sum(coalesce(pg_column_size(e.payload), 0)) OVER (ORDER BY p.priority DESC, p.position
-                                                                    ROWS UNBOUNDED PRECEDING)
-                       - coalesce(pg_column_size(e.payload), 0) AS before
-            FROM picked p LEFT JOIN sluice.events e ON e.id = p.event_id
-        ),
-        chosen AS (
+        chosen AS MATERIALIZED (
             -- Within the byte budget, which the first task of a call always fits.
-            SELECT s.event_id, s.has_event FROM sized s
+            SELECT s.* FROM (
+                SELECT p.*, sum(p.size) OVER (ORDER BY p.priority DESC, p.position ROWS UNBOUNDED PRECEDING)
+                                - p.size AS before
+                FROM picked p
+            ) AS s
             WHERE v_bytes + s.before < p_max_bytes
         ),
         -- A task whose event is gone can never be handled: discard it, saying
@@ -295,8 +332,8 @@ BEGIN
             RETURNING t.event_id, t.lease_token, t.attempt, t.priority, t.position
         )
         SELECT NULL::integer, NULL::boolean, NULL::boolean, cl.event_id, cl.lease_token, cl.attempt, cl.priority,
-               cl.position, e.subject, e.payload::text, e.metadata::text, e.key, e.created_at
-        FROM claimed cl JOIN sluice.events e ON e.id = cl.event_id;
+               cl.position, ch.subject, ch.payload, ch.metadata, ch.key, ch.created_at
+        FROM claimed cl JOIN chosen ch ON ch.event_id = cl.event_id;
     END IF;
 END;
 $$;

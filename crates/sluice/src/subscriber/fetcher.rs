@@ -3,7 +3,6 @@
 //! `migrations/functions/fetch_v2.sql`).
 
 use chrono::{DateTime, Utc};
-use sqlx::FromRow;
 
 use super::{timed, Shared};
 use crate::error::Error;
@@ -47,22 +46,24 @@ pub(crate) enum FetchError {
     Db(sqlx::Error),
 }
 
-#[derive(FromRow)]
-struct FetchRow {
-    materialized: Option<i32>,
-    more: Option<bool>,
-    busy: Option<bool>,
-    event_id: Option<i64>,
-    lease_token: Option<i64>,
-    attempt: Option<i32>,
-    priority: Option<i16>,
-    position: Option<i64>,
-    subject: Option<String>,
-    payload: Option<String>,
-    metadata: Option<String>,
-    key: Option<String>,
-    created_at: Option<DateTime<Utc>>,
-}
+/// One row of fetch.sql, by position (no lookup of column names per row):
+/// materialized, more, busy, then event_id, lease_token, attempt, priority,
+/// position, subject, payload, metadata, key, created_at.
+type FetchRow = (
+    Option<i32>,
+    Option<bool>,
+    Option<bool>,
+    Option<i64>,
+    Option<i64>,
+    Option<i32>,
+    Option<i16>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+);
 
 /// What one fetch asks for.
 #[derive(Debug, Clone, Copy)]
@@ -92,28 +93,44 @@ pub(crate) async fn fetch(shared: &Shared, ask: Ask) -> Result<Fetched, FetchErr
     .map_err(|e| classify(shared, e))?;
 
     let mut rows = rows.into_iter();
-    let status = rows.next().ok_or_else(|| FetchError::Db(sqlx::Error::RowNotFound))?;
+    let (materialized, more, busy, ..) = rows.next().ok_or_else(|| FetchError::Db(sqlx::Error::RowNotFound))?;
     let mut tasks: Vec<(i64, ClaimedTask)> = rows
-        .filter_map(|r| {
-            let task = ClaimedTask {
-                event_id: r.event_id?,
-                lease_token: r.lease_token?,
-                attempt: r.attempt?,
-                priority: r.priority?,
-                subject: r.subject?,
-                payload: r.payload.unwrap_or_else(|| "null".into()),
-                metadata: r.metadata.unwrap_or_else(|| "{}".into()),
-                key: r.key,
-                created_at: r.created_at?,
-            };
-            Some((r.position?, task))
-        })
+        .filter_map(
+            |(
+                _,
+                _,
+                _,
+                event_id,
+                lease_token,
+                attempt,
+                priority,
+                position,
+                subject,
+                payload,
+                metadata,
+                key,
+                created_at,
+            )| {
+                let task = ClaimedTask {
+                    event_id: event_id?,
+                    lease_token: lease_token?,
+                    attempt: attempt?,
+                    priority: priority?,
+                    subject: subject?,
+                    payload: payload.unwrap_or_else(|| "null".into()),
+                    metadata: metadata.unwrap_or_else(|| "{}".into()),
+                    key,
+                    created_at: created_at?,
+                };
+                Some((position?, task))
+            },
+        )
         .collect();
     tasks.sort_by_key(|(position, t)| (std::cmp::Reverse(t.priority), *position));
     let fetched = Fetched {
-        more: status.more.unwrap_or(false),
-        busy: status.busy.unwrap_or(false),
-        materialized: status.materialized.unwrap_or(0).max(0) as usize,
+        more: more.unwrap_or(false),
+        busy: busy.unwrap_or(false),
+        materialized: materialized.unwrap_or(0).max(0) as usize,
         tasks: tasks.into_iter().map(|(_, t)| t).collect(),
     };
     tracing::trace!(
