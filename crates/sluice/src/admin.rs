@@ -82,12 +82,7 @@ pub(crate) fn ms_to_duration(ms: i64) -> Duration {
 /// difference, and the stored stream is left as it was.
 pub async fn create_stream(pool: &PgPool, name: &str, options: StreamOptions) -> Result<Stream, Error> {
     check_name("stream", name)?;
-    if options.event_retention.is_zero() {
-        return Err(
-            InvalidInput::Setting { setting: "event_retention", reason: "must be more than zero".into() }.into()
-        );
-    }
-    let retention_ms = duration_ms("event_retention", options.event_retention)?;
+    let retention_ms = check_event_retention(&options)?;
     let created: Option<StreamRow> = sqlx::query_as(sql::STREAM_CREATE)
         .bind(name)
         .bind(retention_ms)
@@ -104,6 +99,31 @@ pub async fn create_stream(pool: &PgPool, name: &str, options: StreamOptions) ->
         None => Ok(existing),
         Some(differences) => Err(Error::StreamConflict { stream: name.to_string(), differences }),
     }
+}
+
+/// Changes a stream's settings (its event retention). Nothing stored is
+/// lost by the change: retention only ever removes events every consumer
+/// has materialized and no pending task needs.
+pub async fn update_stream(pool: &PgPool, name: &str, options: StreamOptions) -> Result<Stream, Error> {
+    check_name("stream", name)?;
+    let retention_ms = check_event_retention(&options)?;
+    let updated: Option<i32> = sqlx::query_scalar(sql::STREAM_UPDATE)
+        .bind(name)
+        .bind(retention_ms)
+        .fetch_optional(pool)
+        .await
+        .map_err(Error::db)?;
+    match updated {
+        Some(_) => get_stream(pool, name).await,
+        None => Err(Error::StreamNotFound { stream: name.to_string() }),
+    }
+}
+
+fn check_event_retention(options: &StreamOptions) -> Result<i64, InvalidInput> {
+    if options.event_retention.is_zero() {
+        return Err(InvalidInput::Setting { setting: "event_retention", reason: "must be more than zero".into() });
+    }
+    duration_ms("event_retention", options.event_retention)
 }
 
 /// The stream of that name, or [`Error::StreamNotFound`].
@@ -162,6 +182,8 @@ pub struct ConsumerOptions {
     backoff_max: Duration,
     lease: Duration,
     completed_retention: Duration,
+    dead_retention: Duration,
+    log_retention: Duration,
 }
 
 impl Default for ConsumerOptions {
@@ -175,11 +197,18 @@ impl Default for ConsumerOptions {
             backoff_max: Duration::from_secs(3600),
             lease: Duration::from_secs(30),
             completed_retention: Duration::ZERO,
+            dead_retention: ConsumerOptions::DEAD_RETENTION_DEFAULT,
+            log_retention: ConsumerOptions::LOG_RETENTION_DEFAULT,
         }
     }
 }
 
 impl ConsumerOptions {
+    /// How long dead letters are kept, by default: 7 days.
+    pub const DEAD_RETENTION_DEFAULT: Duration = Duration::from_secs(7 * 86_400);
+    /// How long the audit log is kept, by default: 30 days.
+    pub const LOG_RETENTION_DEFAULT: Duration = Duration::from_secs(30 * 86_400);
+
     /// Subject patterns to deliver (default `>`, everything). NATS wildcards:
     /// `*` matches one token, a final `>` one or more.
     pub fn include<I: IntoIterator<Item = S>, S: Into<String>>(mut self, patterns: I) -> Self {
@@ -229,7 +258,29 @@ impl ConsumerOptions {
         self
     }
 
+    /// How long dead letters — discarded and cancelled tasks, with every
+    /// attempt's error — are kept for inspection and retry by hand (default
+    /// 7 days, more than zero). Housekeeping removes them afterwards.
+    pub fn dead_retention(mut self, retention: Duration) -> Self {
+        self.dead_retention = retention;
+        self
+    }
+
+    /// How long the audit log of the consumer's tasks (`task_log`) is kept
+    /// (default 30 days, more than zero).
+    pub fn log_retention(mut self, retention: Duration) -> Self {
+        self.log_retention = retention;
+        self
+    }
+
     fn validate(&self) -> Result<(), InvalidInput> {
+        for (setting, retention) in [("dead_retention", self.dead_retention), ("log_retention", self.log_retention)] {
+            if retention.is_zero() {
+                return Err(InvalidInput::Setting { setting, reason: "must be more than zero".into() });
+            }
+            duration_ms(setting, retention)?;
+        }
+        duration_ms("completed_retention", self.completed_retention)?;
         if self.include.is_empty() {
             return Err(InvalidInput::Setting {
                 setting: "include",
@@ -289,6 +340,10 @@ pub struct Consumer {
     pub lease: Duration,
     /// How long completed tasks are kept.
     pub completed_retention: Duration,
+    /// How long discarded and cancelled tasks are kept.
+    pub dead_retention: Duration,
+    /// How long the audit log is kept.
+    pub log_retention: Duration,
     /// Whether claiming is paused.
     pub paused: bool,
     /// When it was created.
@@ -309,6 +364,8 @@ struct ConsumerRow {
     backoff_max_ms: i64,
     lease_ms: i64,
     completed_retention_ms: i64,
+    dead_retention_ms: i64,
+    log_retention_ms: i64,
     paused: bool,
     created_at: DateTime<Utc>,
 }
@@ -326,6 +383,8 @@ impl From<ConsumerRow> for Consumer {
             backoff_max: ms_to_duration(r.backoff_max_ms),
             lease: ms_to_duration(r.lease_ms),
             completed_retention: ms_to_duration(r.completed_retention_ms),
+            dead_retention: ms_to_duration(r.dead_retention_ms),
+            log_retention: ms_to_duration(r.log_retention_ms),
             paused: r.paused,
             created_at: r.created_at,
         }
@@ -368,6 +427,8 @@ pub async fn create_consumer(
         .bind(duration_ms("backoff", options.backoff_max)?)
         .bind(duration_ms("lease", options.lease)?)
         .bind(duration_ms("completed_retention", options.completed_retention)?)
+        .bind(duration_ms("dead_retention", options.dead_retention)?)
+        .bind(duration_ms("log_retention", options.log_retention)?)
         .fetch_optional(pool)
         .await
         .map_err(Error::db)?;
@@ -390,10 +451,77 @@ pub async fn create_consumer(
     diff.check("backoff_max", &existing.backoff_max, &options.backoff_max);
     diff.check("lease", &existing.lease, &options.lease);
     diff.check("completed_retention", &existing.completed_retention, &options.completed_retention);
+    diff.check("dead_retention", &existing.dead_retention, &options.dead_retention);
+    diff.check("log_retention", &existing.log_retention, &options.log_retention);
     match diff.finish() {
         None => Ok(existing),
         Some(differences) => {
             Err(Error::ConsumerConflict { stream: stream.to_string(), consumer: name.to_string(), differences })
+        }
+    }
+}
+
+/// Changes a consumer's settings: filters, attempts, backoff, lease and
+/// retentions (where it started stays as it was). Running subscribers pick
+/// the new filters up at their next refill and the retentions at their next
+/// housekeeping run; nothing already stored is lost by the change itself.
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), sluice::Error> {
+/// use std::time::Duration;
+/// let billing = sluice::get_consumer(&pool, "orders", "billing").await?;
+/// let options = sluice::ConsumerOptions::from(&billing).dead_retention(Duration::from_secs(30 * 86_400));
+/// sluice::update_consumer(&pool, "orders", "billing", options).await?;
+/// # Ok(()) }
+/// ```
+pub async fn update_consumer(
+    pool: &PgPool,
+    stream: &str,
+    name: &str,
+    options: ConsumerOptions,
+) -> Result<Consumer, Error> {
+    check_name("stream", stream)?;
+    check_name("consumer", name)?;
+    options.validate()?;
+    let updated: Option<i32> = sqlx::query_scalar(sql::CONSUMER_UPDATE)
+        .bind(stream)
+        .bind(name)
+        .bind(&options.include)
+        .bind(&options.exclude)
+        .bind(options.max_attempts)
+        .bind(duration_ms("backoff", options.backoff_initial)?)
+        .bind(duration_ms("backoff", options.backoff_max)?)
+        .bind(duration_ms("lease", options.lease)?)
+        .bind(duration_ms("completed_retention", options.completed_retention)?)
+        .bind(duration_ms("dead_retention", options.dead_retention)?)
+        .bind(duration_ms("log_retention", options.log_retention)?)
+        .fetch_optional(pool)
+        .await
+        .map_err(Error::db)?;
+    match updated {
+        Some(_) => get_consumer(pool, stream, name).await,
+        None => {
+            get_stream(pool, stream).await?;
+            Err(Error::ConsumerNotFound { stream: stream.to_string(), consumer: name.to_string() })
+        }
+    }
+}
+
+impl From<&Consumer> for ConsumerOptions {
+    /// The settings of an existing consumer, to change some of them with
+    /// [`update_consumer`]. The start is `Now` (it applies only to creation).
+    fn from(c: &Consumer) -> Self {
+        ConsumerOptions {
+            include: c.include.clone(),
+            exclude: c.exclude.clone(),
+            start: Start::Now,
+            max_attempts: c.max_attempts,
+            backoff_initial: c.backoff_initial,
+            backoff_max: c.backoff_max,
+            lease: c.lease,
+            completed_retention: c.completed_retention,
+            dead_retention: c.dead_retention,
+            log_retention: c.log_retention,
         }
     }
 }

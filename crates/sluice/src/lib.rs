@@ -42,7 +42,8 @@ mod tasks;
 
 pub use admin::{
     create_consumer, create_stream, delete_consumer, delete_stream, get_consumer, get_stream, list_consumers,
-    list_streams, reset_position, Consumer, ConsumerOptions, Replay, Start, Stream, StreamOptions,
+    list_streams, reset_position, update_consumer, update_stream, Consumer, ConsumerOptions, Replay, Start, Stream,
+    StreamOptions,
 };
 pub use error::{Error, InvalidInput, MigrateError, TaskError};
 pub use ids::{EventId, Priority, TaskState, WorkerId};

@@ -4,6 +4,8 @@ c.max_attempts,
 (extract(epoch FROM c.backoff_max) * 1000)::bigint AS backoff_max_ms,
 (extract(epoch FROM c.lease) * 1000)::bigint AS lease_ms,
 (extract(epoch FROM c.completed_retention) * 1000)::bigint AS completed_retention_ms,
+(extract(epoch FROM c.dead_retention) * 1000)::bigint AS dead_retention_ms,
+(extract(epoch FROM c.log_retention) * 1000)::bigint AS log_retention_ms,
 c.paused, c.created_at
 FROM sluice.consumers c
 JOIN sluice.streams s ON s.id = c.stream_id

@@ -2,7 +2,8 @@
 -- promotes due scheduled tasks; frees the running tasks of dead workers
 -- (silent for longer than their own dead_after) and of workers that left no
 -- row once the tasks' leases have ended; forgets a dead worker once none of
--- its tasks is left; removes completed tasks past the consumer's retention.
+-- its tasks is left; removes completed tasks, dead letters (discarded and
+-- cancelled tasks) and audit-log entries past the consumer's retentions.
 -- Returns counts, and how long until the next scheduled task is due by the
 -- database's clock (so a client clock that is off cannot make it spin).
 -- Each step touches at most $2 rows, reads only the partial indexes and
@@ -78,11 +79,16 @@ forgotten AS (
                         AND r.event_id <> ALL (ARRAY(SELECT event_id FROM lost)))
     RETURNING 1
 ),
+retention AS MATERIALIZED (
+    SELECT now() - c.completed_retention AS completed, now() - c.dead_retention AS dead,
+           now() - c.log_retention AS log
+    FROM sluice.consumers c WHERE c.id = $1
+),
 old AS MATERIALIZED (
-    SELECT p.consumer_id, p.event_id FROM sluice.tasks p
-    JOIN sluice.consumers c ON c.id = p.consumer_id
-    WHERE p.consumer_id = $1 AND p.state = 'completed'
-      AND p.finished_at < now() - c.completed_retention
+    SELECT p.consumer_id, p.event_id FROM sluice.tasks p, retention r
+    WHERE p.consumer_id = $1 AND p.state IN ('completed', 'discarded', 'cancelled')
+      AND p.finished_at < greatest(r.completed, r.dead)
+      AND p.finished_at < CASE WHEN p.state = 'completed' THEN r.completed ELSE r.dead END
       AND (SELECT ok FROM gate)
     LIMIT $2
     FOR UPDATE OF p SKIP LOCKED
@@ -90,6 +96,17 @@ old AS MATERIALIZED (
 purged AS (
     DELETE FROM sluice.tasks t
     WHERE t.consumer_id = $1 AND t.event_id = ANY (ARRAY(SELECT event_id FROM old))
+    RETURNING 1
+),
+-- Nothing else locks log entries, and the gate keeps purges one at a time.
+old_log AS MATERIALIZED (
+    SELECT l.id FROM sluice.task_log l, retention r
+    WHERE l.consumer_id = $1 AND l.created_at < r.log
+      AND (SELECT ok FROM gate)
+    LIMIT $2
+),
+log_purged AS (
+    DELETE FROM sluice.task_log l WHERE l.id = ANY (ARRAY(SELECT id FROM old_log))
     RETURNING 1
 ),
 woken AS (
@@ -101,10 +118,11 @@ SELECT (SELECT count(*) FROM promoted) AS promoted,
        (SELECT count(*) FROM expired) AS expired,
        (SELECT count(*) FROM forgotten) AS forgotten,
        (SELECT count(*) FROM purged) AS purged,
+       (SELECT count(*) FROM log_purged) AS log_purged,
        (SELECT count(*) FROM woken) AS woken,
        -- A full batch means more is waiting: run again at once.
        (SELECT count(*) FROM due) >= $2 OR (SELECT count(*) FROM lost) >= $2
-           OR (SELECT count(*) FROM old) >= $2 AS more,
+           OR (SELECT count(*) FROM old) >= $2 OR (SELECT count(*) FROM old_log) >= $2 AS more,
        -- How long until the next scheduled task falls due, by this server's clock.
        (SELECT (extract(epoch FROM min(n.schedule_at) - now()) * 1000)::bigint
         FROM sluice.tasks n WHERE n.consumer_id = $1 AND n.state = 'scheduled') AS next_due_ms

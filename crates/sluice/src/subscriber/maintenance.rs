@@ -1,7 +1,8 @@
 //! Maintenance of the consumer, by one worker at a time (an advisory lock):
 //! the scheduler (due scheduled tasks become available), the rescuer (tasks
 //! of dead workers and of ended leases come back) and the cleaner
-//! (completed tasks past their retention). See `maintain.sql`.
+//! (completed tasks, dead letters and audit-log entries past their
+//! retention). See `maintain.sql`.
 
 use std::time::Duration;
 
@@ -24,8 +25,8 @@ pub(crate) struct Maintained {
 }
 
 pub(crate) async fn run_once(shared: &Shared) -> Result<Maintained, sqlx::Error> {
-    type Row = (i64, i64, i64, i64, i64, bool, Option<i64>);
-    let (promoted, expired, forgotten, purged, _woken, more, next_due_ms): Row = timed(
+    type Row = (i64, i64, i64, i64, i64, i64, bool, Option<i64>);
+    let (promoted, expired, forgotten, purged, log_purged, _woken, more, next_due_ms): Row = timed(
         shared.db_timeout,
         "housekeeping",
         sqlx::query_as(sql::MAINTAIN).bind(shared.consumer_id).bind(BATCH).fetch_one(&shared.pool),
@@ -34,13 +35,14 @@ pub(crate) async fn run_once(shared: &Shared) -> Result<Maintained, sqlx::Error>
     if expired > 0 || forgotten > 0 {
         info!(expired, forgotten, "freed tasks of lost leases and dead workers");
     }
-    if promoted > 0 || purged > 0 {
-        debug!(promoted, purged, "housekeeping");
+    if promoted > 0 || purged > 0 || log_purged > 0 {
+        debug!(promoted, purged, log_purged, "housekeeping");
     }
     shared.emit(SubscriberEvent::Maintained {
         promoted: promoted as u64,
         rescued: expired as u64,
         purged: purged as u64,
+        log_purged: log_purged as u64,
     });
     Ok(Maintained { freed: promoted > 0 || expired > 0, more, next_due: next_due_ms.map(ms_to_duration) })
 }

@@ -134,8 +134,10 @@ pub enum SubscriberEvent {
         promoted: u64,
         /// Tasks freed from dead workers or ended leases.
         rescued: u64,
-        /// Completed tasks removed past their retention.
+        /// Completed, discarded and cancelled tasks removed past their retention.
         purged: u64,
+        /// Audit-log entries removed past their retention.
+        log_purged: u64,
     },
     /// A heartbeat was recorded.
     Heartbeat,

@@ -1,0 +1,136 @@
+//! Bounded storage (issue 10): dead letters and the audit log are kept for
+//! their retention and then removed by housekeeping, in bounded batches;
+//! retention settings are validated and can be changed on a live consumer
+//! without losing anything.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice::{
+    create_consumer, create_stream, get_consumer, publish_batch, sub, update_consumer, update_stream, ConsumerOptions,
+    Error, HandlerError, InvalidInput, Message, NewEvent, StreamOptions, Subscription,
+};
+use support::{wait_until, TestDb};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn job(n: i64) -> NewEvent {
+    NewEvent::new("jobs.run", &json!({ "n": n })).unwrap()
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap()
+}
+
+/// Every handler call dead-letters its task (with a log entry).
+async fn discarding_subscriber(db: &TestDb) -> sluice::SubscriberHandle {
+    sub(
+        &db.pool,
+        Subscription::new("jobs", "c").poll_interval(Duration::from_millis(100)),
+        |_msg: Message<Value>| async { Err::<(), _>(HandlerError::discard("malformed")) },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn dead_letters_and_the_log_are_kept_for_their_retention_then_removed() {
+    let db = TestDb::new().await;
+    create_stream(&db.pool, "jobs", StreamOptions::default()).await.unwrap();
+    let options =
+        ConsumerOptions::default().dead_retention(Duration::from_secs(2)).log_retention(Duration::from_secs(3));
+    create_consumer(&db.pool, "jobs", "c", options).await.unwrap();
+    let h = discarding_subscriber(&db).await;
+    publish_batch(&db.pool, "jobs", (1..=20).map(job)).await.unwrap();
+    wait_until(WAIT, "20 dead letters", || async {
+        count(&db, "SELECT count(*) FROM sluice.tasks WHERE state = 'discarded'").await == 20
+    })
+    .await;
+    // Kept while within their retention.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM sluice.tasks WHERE state = 'discarded'").await, 20);
+    assert_eq!(count(&db, "SELECT count(*) FROM sluice.task_log").await, 20);
+    // Then removed: the dead letters first, the log a second later.
+    wait_until(WAIT, "the dead letters removed", || async {
+        count(&db, "SELECT count(*) FROM sluice.tasks").await == 0
+    })
+    .await;
+    wait_until(WAIT, "the log removed", || async { count(&db, "SELECT count(*) FROM sluice.task_log").await == 0 })
+        .await;
+    h.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_longer_retention_set_on_a_live_consumer_keeps_what_is_stored() {
+    let db = TestDb::new().await;
+    create_stream(&db.pool, "jobs", StreamOptions::default()).await.unwrap();
+    let options = ConsumerOptions::default().dead_retention(Duration::from_secs(3));
+    create_consumer(&db.pool, "jobs", "c", options).await.unwrap();
+    let h = discarding_subscriber(&db).await;
+    publish_batch(&db.pool, "jobs", (1..=10).map(job)).await.unwrap();
+    wait_until(WAIT, "10 dead letters", || async {
+        count(&db, "SELECT count(*) FROM sluice.tasks WHERE state = 'discarded'").await == 10
+    })
+    .await;
+    // While the subscriber runs, keep dead letters for a day instead.
+    let current = get_consumer(&db.pool, "jobs", "c").await.unwrap();
+    let longer = ConsumerOptions::from(&current).dead_retention(Duration::from_secs(86_400));
+    let updated = update_consumer(&db.pool, "jobs", "c", longer).await.unwrap();
+    assert_eq!(updated.dead_retention, Duration::from_secs(86_400));
+    assert_eq!(updated.include, current.include, "the other settings are kept");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    h.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM sluice.tasks WHERE state = 'discarded'").await, 10);
+}
+
+#[tokio::test]
+async fn bad_retention_settings_are_typed_errors_and_change_nothing() {
+    let db = TestDb::new().await;
+    create_stream(&db.pool, "jobs", StreamOptions::default()).await.unwrap();
+    create_consumer(&db.pool, "jobs", "c", ConsumerOptions::default()).await.unwrap();
+    let before = get_consumer(&db.pool, "jobs", "c").await.unwrap();
+    let century = Duration::from_secs(101 * 366 * 86_400);
+    let setting_of = |e: Error| match e {
+        Error::Invalid(InvalidInput::Setting { setting, reason }) => (setting, reason),
+        other => panic!("expected a setting error, got {other:?}"),
+    };
+    let cases: [(ConsumerOptions, &str, &str); 5] = [
+        (ConsumerOptions::default().dead_retention(Duration::ZERO), "dead_retention", "more than zero"),
+        (ConsumerOptions::default().log_retention(Duration::ZERO), "log_retention", "more than zero"),
+        (ConsumerOptions::default().dead_retention(century), "dead_retention", "100 years"),
+        (ConsumerOptions::default().log_retention(century), "log_retention", "100 years"),
+        (ConsumerOptions::default().completed_retention(century), "completed_retention", "100 years"),
+    ];
+    for (options, name, why) in cases {
+        let (setting, reason) = setting_of(create_consumer(&db.pool, "jobs", "d", options.clone()).await.unwrap_err());
+        assert_eq!((setting, reason.contains(why)), (name, true), "create: {reason}");
+        let (setting, reason) = setting_of(update_consumer(&db.pool, "jobs", "c", options).await.unwrap_err());
+        assert_eq!((setting, reason.contains(why)), (name, true), "update: {reason}");
+    }
+    for retention in [Duration::ZERO, century] {
+        let e = update_stream(&db.pool, "jobs", StreamOptions::default().event_retention(retention)).await.unwrap_err();
+        assert_eq!(setting_of(e).0, "event_retention");
+    }
+    assert_eq!(get_consumer(&db.pool, "jobs", "c").await.unwrap(), before, "nothing changed");
+    assert!(matches!(get_consumer(&db.pool, "jobs", "d").await, Err(Error::ConsumerNotFound { .. })));
+    let e = update_consumer(&db.pool, "jobs", "nobody", ConsumerOptions::default()).await.unwrap_err();
+    assert!(matches!(e, Error::ConsumerNotFound { .. }), "{e:?}");
+    let e = update_stream(&db.pool, "nothing", StreamOptions::default()).await.unwrap_err();
+    assert!(matches!(e, Error::StreamNotFound { .. }), "{e:?}");
+    let stream = update_stream(&db.pool, "jobs", StreamOptions::default().event_retention(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(stream.event_retention, Duration::from_secs(60));
+}
+
+/// The defaults: dead letters for 7 days, the log for 30.
+#[tokio::test]
+async fn retention_defaults_are_a_week_of_dead_letters_and_a_month_of_log() {
+    let db = TestDb::new().await;
+    create_stream(&db.pool, "jobs", StreamOptions::default()).await.unwrap();
+    let c = create_consumer(&db.pool, "jobs", "c", ConsumerOptions::default()).await.unwrap();
+    assert_eq!(c.dead_retention, ConsumerOptions::DEAD_RETENTION_DEFAULT);
+    assert_eq!(c.dead_retention, Duration::from_secs(7 * 86_400));
+    assert_eq!(c.log_retention, Duration::from_secs(30 * 86_400));
+    assert_eq!(c.completed_retention, Duration::ZERO);
+}
