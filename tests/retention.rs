@@ -134,3 +134,37 @@ async fn retention_defaults_are_a_week_of_dead_letters_and_a_month_of_log() {
     assert_eq!(c.log_retention, Duration::from_secs(30 * 86_400));
     assert_eq!(c.completed_retention, Duration::ZERO);
 }
+
+/// Storage statistics: every table with its rows, dead rows and size, and
+/// whether the server runs autovacuum.
+#[tokio::test]
+async fn storage_stats_show_every_table_its_rows_dead_rows_and_size() {
+    let empty = TestDb::empty().await;
+    assert!(matches!(sluice::storage_stats(&empty.pool).await, Err(Error::NotMigrated)));
+
+    let db = TestDb::new().await;
+    create_stream(&db.pool, "jobs", StreamOptions::default()).await.unwrap();
+    create_consumer(&db.pool, "jobs", "c", ConsumerOptions::default()).await.unwrap();
+    let h = sub(
+        &db.pool,
+        Subscription::new("jobs", "c").poll_interval(Duration::from_millis(100)),
+        |_msg: Message<Value>| async { Ok::<_, HandlerError>(()) },
+    )
+    .await
+    .unwrap();
+    publish_batch(&db.pool, "jobs", (1..=300).map(job)).await.unwrap();
+    wait_until(WAIT, "every task acked", || async { count(&db, "SELECT count(*) FROM sluice.tasks").await == 0 }).await;
+    h.shutdown(Duration::from_secs(5)).await;
+
+    let autovacuum: String = sqlx::query_scalar("SHOW autovacuum").fetch_one(&db.pool).await.unwrap();
+    // The server's statistics are flushed a moment after each transaction.
+    wait_until(WAIT, "the events counted", || async {
+        let stats = sluice::storage_stats(&db.pool).await.unwrap();
+        stats.table("events").is_some_and(|t| t.live_rows >= 300 && t.total_bytes > 0)
+    })
+    .await;
+    let stats = sluice::storage_stats(&db.pool).await.unwrap();
+    assert_eq!(stats.autovacuum, autovacuum == "on");
+    let names: Vec<&str> = stats.tables.iter().map(|t| t.table_name.as_str()).collect();
+    assert_eq!(names, ["consumers", "events", "streams", "task_log", "tasks", "workers"]);
+}

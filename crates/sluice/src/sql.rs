@@ -16,6 +16,7 @@ pub(crate) const MAINTAIN: &str = include_str!("sql/maintain.sql");
 pub(crate) const NACK: &str = include_str!("sql/nack.sql");
 pub(crate) const PUBLISH: &str = include_str!("sql/publish.sql");
 pub(crate) const RELEASE: &str = include_str!("sql/release.sql");
+pub(crate) const STORAGE_STATS: &str = include_str!("sql/storage_stats.sql");
 pub(crate) const STREAM_CREATE: &str = include_str!("sql/stream_create.sql");
 pub(crate) const STREAM_DELETE: &str = include_str!("sql/stream_delete.sql");
 pub(crate) const STREAM_GET: &str = include_str!("sql/stream_get.sql");
