@@ -12,7 +12,7 @@ use crate::work::SubConfig;
 const LOCAL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// Benchmarks Sluice against a fresh database it creates (and drops) on the
-/// server of `--database-url`.
+/// server of `--database-url`, or on a private cluster (`--private-cluster`).
 #[derive(Debug, Parser)]
 #[command(name = "sluice-bench", version, args_conflicts_with_subcommands = true)]
 pub struct Opt {
@@ -81,6 +81,13 @@ pub struct BenchArgs {
     /// The server to benchmark on; the bench creates its own database there.
     #[arg(long, env = "DATABASE_URL", default_value = LOCAL, hide_env_values = true)]
     pub database_url: String,
+
+    /// Start a private Postgres cluster for this run (initdb into a temporary directory, a free port,
+    /// autovacuum on and production-like settings) and benchmark on it instead of `--database-url`;
+    /// stopped and removed at the end. Needs the server binaries: PG_BINDIR, `pg_config --bindir`
+    /// or /usr/lib/postgresql/*/bin. (`--keep-db` does not go with it: the databases go with the cluster.)
+    #[arg(long, conflicts_with = "keep_db")]
+    pub private_cluster: bool,
 
     /// Scenarios to run (repeat the flag, or `all`, the default).
     #[arg(long = "scenario", short = 's', value_enum)]

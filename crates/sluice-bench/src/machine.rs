@@ -30,6 +30,13 @@ pub struct Machine {
     pub load_average: Option<String>,
     pub postgres: String,
     pub settings: Vec<(String, String)>,
+    /// Whether the bench ran on a private cluster it started itself (`--private-cluster`)
+    /// rather than on the server of `--database-url`.
+    pub private_cluster: bool,
+    /// With `--private-cluster`: every setting the bench wrote to the cluster's
+    /// postgresql.conf, as the running server reports it (`current_setting`).
+    /// Empty otherwise.
+    pub private_cluster_settings: Vec<(String, String)>,
     /// `git rev-parse --short HEAD` of the workspace, when it is a checkout.
     pub commit: Option<String>,
     /// Whether the library (crates/sluice, migrations) had uncommitted changes
@@ -41,13 +48,22 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub async fn probe(conn: &mut PgConnection, databases: &str) -> anyhow::Result<Machine> {
+    /// `private_cluster`: the names of the settings the bench gave its private
+    /// cluster (`--private-cluster`), read back from the server; `None` for the
+    /// server of `--database-url`.
+    pub async fn probe(
+        conn: &mut PgConnection,
+        databases: &str,
+        private_cluster: Option<&[String]>,
+    ) -> anyhow::Result<Machine> {
         let postgres: String = sqlx::query_scalar("SELECT version()").fetch_one(&mut *conn).await?;
         let mut settings = Vec::with_capacity(SETTINGS.len());
         for name in SETTINGS {
-            let value: String =
-                sqlx::query_scalar("SELECT current_setting($1)").bind(name).fetch_one(&mut *conn).await?;
-            settings.push((name.to_string(), value));
+            settings.push((name.to_string(), setting(conn, name).await?));
+        }
+        let mut private_cluster_settings = Vec::new();
+        for name in private_cluster.unwrap_or_default() {
+            private_cluster_settings.push((name.clone(), setting(conn, name).await?));
         }
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let commit = git(&workspace, &["rev-parse", "--short", "HEAD"]);
@@ -64,6 +80,8 @@ impl Machine {
                 .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
             postgres,
             settings,
+            private_cluster: private_cluster.is_some(),
+            private_cluster_settings,
             commit,
             library_dirty,
             date: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
@@ -87,11 +105,22 @@ impl Machine {
             format!("load average  {}", self.load_average.as_deref().unwrap_or("?")),
             format!("postgres      {}", self.postgres),
             format!("settings      {}", settings.join(" ")),
+            if self.private_cluster {
+                let private: Vec<String> =
+                    self.private_cluster_settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("cluster       private (--private-cluster): {}", private.join(" "))
+            } else {
+                "cluster       the server of --database-url (not a private cluster)".to_string()
+            },
             format!("sluice        {commit}"),
             format!("date          {}", self.date),
             format!("databases     {}", self.databases),
         ]
     }
+}
+
+async fn setting(conn: &mut PgConnection, name: &str) -> anyhow::Result<String> {
+    Ok(sqlx::query_scalar("SELECT current_setting($1)").bind(name).fetch_one(&mut *conn).await?)
 }
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
