@@ -38,6 +38,20 @@ fn n_of(msg: &Message<Value>) -> i64 {
     msg.payload()["n"].as_i64().unwrap()
 }
 
+/// A subscriber whose handler counts its calls into `calls` and acks.
+async fn counting(db: &TestDb, subscription: Subscription, calls: &Arc<AtomicUsize>) -> sluice::SubscriberHandle {
+    let calls = calls.clone();
+    sub(&db.pool, subscription, move |_msg: Message<Value>| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, HandlerError>(())
+        }
+    })
+    .await
+    .unwrap()
+}
+
 /// Defect 1: a handler's open transaction that deferred its task held a key
 /// lock on the consumer row, and every refill of the consumer reported busy
 /// until it committed.
@@ -264,20 +278,9 @@ async fn each_worker_is_judged_dead_by_its_own_limit() {
     let id = publish(&db.pool, "jobs", job(1)).await.unwrap();
     wait_until(WAIT, "the patient worker to start", || async { calls.load(Ordering::SeqCst) == 1 }).await;
     // A hasty worker on the same consumer, whose own limit is far shorter.
-    let c3 = calls.clone();
-    let hasty = sub(
-        &db.pool,
-        subscription().heartbeat(Duration::from_millis(100)).dead_after(Duration::from_millis(500)),
-        move |_msg: Message<Value>| {
-            let calls = c3.clone();
-            async move {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, HandlerError>(())
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let hasty_subscription =
+        subscription().heartbeat(Duration::from_millis(100)).dead_after(Duration::from_millis(500));
+    let hasty = counting(&db, hasty_subscription, &calls).await;
     wait_until(WAIT, "the task to complete", || async { get_task(&db.pool, "jobs", "c", id).await.is_err() }).await;
     hasty.shutdown(Duration::from_secs(5)).await;
     patient.shutdown(Duration::from_secs(5)).await;
@@ -467,20 +470,8 @@ async fn acks_that_keep_failing_are_given_up_and_their_tasks_come_back() {
     setup(&db, fast()).await;
     refuse_acks(&db).await;
     let handled = Arc::new(AtomicUsize::new(0));
-    let h2 = handled.clone();
-    let h = sub(
-        &db.pool,
-        subscription().lease(Duration::from_secs(1)).heartbeat(Duration::from_millis(200)),
-        move |_msg: Message<Value>| {
-            let handled = h2.clone();
-            async move {
-                handled.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, HandlerError>(())
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let subscription = subscription().lease(Duration::from_secs(1)).heartbeat(Duration::from_millis(200));
+    let h = counting(&db, subscription, &handled).await;
     let mut events = h.events();
     publish_batch(&db.pool, "jobs", (1..=20).map(job)).await.unwrap();
     let given_up = tokio::time::timeout(WAIT, async {
@@ -576,16 +567,7 @@ async fn a_dead_workers_tasks_all_come_back_however_many() {
     .await
     .unwrap();
     let handled = Arc::new(AtomicUsize::new(0));
-    let h2 = handled.clone();
-    let h = sub(&db.pool, subscription().concurrency(64).batch_size(500), move |_msg: Message<Value>| {
-        let handled = h2.clone();
-        async move {
-            handled.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, HandlerError>(())
-        }
-    })
-    .await
-    .unwrap();
+    let h = counting(&db, subscription().concurrency(64).batch_size(500), &handled).await;
     wait_until(WAIT, "all 2,500 tasks handled", || async { handled.load(Ordering::SeqCst) >= 2_500 }).await;
     h.shutdown(Duration::from_secs(5)).await;
 }
@@ -680,16 +662,7 @@ async fn a_claim_is_bounded_by_payload_bytes() {
     .await
     .unwrap();
     let handled = Arc::new(AtomicUsize::new(0));
-    let h2 = handled.clone();
-    let h = sub(&db.pool, subscription().batch_size(100).max_batch_bytes(1), move |_msg: Message<Value>| {
-        let handled = h2.clone();
-        async move {
-            handled.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, HandlerError>(())
-        }
-    })
-    .await
-    .unwrap();
+    let h = counting(&db, subscription().batch_size(100).max_batch_bytes(1), &handled).await;
     let mut events = h.events();
     let mut claims = Vec::new();
     tokio::time::timeout(WAIT, async {

@@ -415,20 +415,9 @@ pub async fn create_consumer(
         Start::At(t) => ("time", Some(t)),
         Start::Now => ("now", None),
     };
-    let created: Option<i32> = sqlx::query_scalar(sql::CONSUMER_CREATE)
-        .bind(stream)
-        .bind(name)
-        .bind(&options.include)
+    let created: Option<i32> = bind_settings(sqlx::query_scalar(sql::CONSUMER_CREATE), stream, name, &options)?
         .bind(start_kind)
         .bind(start_at)
-        .bind(&options.exclude)
-        .bind(options.max_attempts)
-        .bind(duration_ms("backoff", options.backoff_initial)?)
-        .bind(duration_ms("backoff", options.backoff_max)?)
-        .bind(duration_ms("lease", options.lease)?)
-        .bind(duration_ms("completed_retention", options.completed_retention)?)
-        .bind(duration_ms("dead_retention", options.dead_retention)?)
-        .bind(duration_ms("log_retention", options.log_retention)?)
         .fetch_optional(pool)
         .await
         .map_err(Error::db)?;
@@ -483,18 +472,7 @@ pub async fn update_consumer(
     check_name("stream", stream)?;
     check_name("consumer", name)?;
     options.validate()?;
-    let updated: Option<i32> = sqlx::query_scalar(sql::CONSUMER_UPDATE)
-        .bind(stream)
-        .bind(name)
-        .bind(&options.include)
-        .bind(&options.exclude)
-        .bind(options.max_attempts)
-        .bind(duration_ms("backoff", options.backoff_initial)?)
-        .bind(duration_ms("backoff", options.backoff_max)?)
-        .bind(duration_ms("lease", options.lease)?)
-        .bind(duration_ms("completed_retention", options.completed_retention)?)
-        .bind(duration_ms("dead_retention", options.dead_retention)?)
-        .bind(duration_ms("log_retention", options.log_retention)?)
+    let updated: Option<i32> = bind_settings(sqlx::query_scalar(sql::CONSUMER_UPDATE), stream, name, &options)?
         .fetch_optional(pool)
         .await
         .map_err(Error::db)?;
@@ -505,6 +483,30 @@ pub async fn update_consumer(
             Err(Error::ConsumerNotFound { stream: stream.to_string(), consumer: name.to_string() })
         }
     }
+}
+
+type ScalarQuery<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, i32, sqlx::postgres::PgArguments>;
+
+/// Binds $1 to $11 of consumer_create.sql and consumer_update.sql: the
+/// stream, the name and every setting but the start.
+fn bind_settings<'q>(
+    query: ScalarQuery<'q>,
+    stream: &'q str,
+    name: &'q str,
+    options: &'q ConsumerOptions,
+) -> Result<ScalarQuery<'q>, InvalidInput> {
+    Ok(query
+        .bind(stream)
+        .bind(name)
+        .bind(&options.include)
+        .bind(&options.exclude)
+        .bind(options.max_attempts)
+        .bind(duration_ms("backoff", options.backoff_initial)?)
+        .bind(duration_ms("backoff", options.backoff_max)?)
+        .bind(duration_ms("lease", options.lease)?)
+        .bind(duration_ms("completed_retention", options.completed_retention)?)
+        .bind(duration_ms("dead_retention", options.dead_retention)?)
+        .bind(duration_ms("log_retention", options.log_retention)?))
 }
 
 impl From<&Consumer> for ConsumerOptions {
