@@ -467,3 +467,59 @@ async fn two_racing_migrations_apply_the_schema_once() {
     assert_schema_present(&db.pool).await;
     other.close().await;
 }
+
+/// The body of `sluice.fetch_v2` as stored.
+async fn fetch_body(pool: &PgPool) -> Option<String> {
+    sqlx::query_scalar("SELECT prosrc FROM pg_proc WHERE proname = 'fetch_v2'").fetch_optional(pool).await.unwrap()
+}
+
+/// A build that migrates during a rolling deploy never puts an older
+/// function body back over a newer one, and a function file applies again
+/// only with a newer revision.
+#[tokio::test]
+async fn an_older_function_revision_never_replaces_a_newer_one() {
+    let db = TestDb::new().await;
+    let ours = fetch_body(&db.pool).await.expect("fetch_v2 applied");
+    // As if a newer build had applied its revision of the function.
+    sqlx::raw_sql(
+        "CREATE OR REPLACE FUNCTION sluice.fetch_v2(p_consumer integer, p_worker uuid, p_lease interval, p_limit integer,
+                                                   p_chunk integer, p_refill boolean, p_max_bytes bigint)
+         RETURNS TABLE (materialized integer, more boolean, busy boolean, event_id bigint, lease_token bigint,
+                        attempt integer, priority smallint, \"position\" bigint, subject text, payload text,
+                        metadata text, key text, created_at timestamptz)
+         LANGUAGE plpgsql AS $$ BEGIN /* a newer revision */ END $$;
+         UPDATE sluice._functions SET revision = revision + 1, checksum = 'newer' WHERE name = 'fetch_v2';",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sluice::migrate(&db.pool).await.unwrap();
+    let body = fetch_body(&db.pool).await.unwrap();
+    assert!(body.contains("a newer revision"), "the newer body stays");
+    // An older revision on record is replaced by this build's.
+    sqlx::query("UPDATE sluice._functions SET revision = 0 WHERE name = 'fetch_v2'").execute(&db.pool).await.unwrap();
+    sluice::migrate(&db.pool).await.unwrap();
+    assert_eq!(fetch_body(&db.pool).await.unwrap(), ours);
+}
+
+/// Reverting a migration that the functions do not need keeps them; reverting
+/// the one they need drops them first, and `migrate` brings them back.
+#[tokio::test]
+async fn down_drops_only_the_functions_that_need_the_reverted_migration() {
+    let db = TestDb::new().await;
+    let newest = || async {
+        sqlx::query_scalar::<_, i64>("SELECT max(version) FROM sluice._migrations").fetch_one(&db.pool).await.unwrap()
+    };
+    let latest = newest().await;
+    assert!(latest >= 3, "migrations after the lease tokens exist");
+    let reverted = sluice::migrate_down(&db.pool, sluice::Steps::One).await.unwrap();
+    assert_eq!(reverted, [latest]);
+    assert!(fetch_body(&db.pool).await.is_some(), "fetch_v2 needs only migration 2: kept");
+    while newest().await > 2 {
+        sluice::migrate_down(&db.pool, sluice::Steps::One).await.unwrap();
+    }
+    sluice::migrate_down(&db.pool, sluice::Steps::One).await.unwrap();
+    assert!(fetch_body(&db.pool).await.is_none(), "reverting migration 2 drops fetch_v2 first");
+    sluice::migrate(&db.pool).await.unwrap();
+    assert_schema_present(&db.pool).await;
+}

@@ -1,10 +1,15 @@
+-- revision: 1
+-- requires: 2
+--
 -- sluice.fetch_v2: the subscriber's one round trip. Moves consumer
 -- p_consumer's position forward and claims up to p_limit tasks for worker
 -- p_worker, each with a fresh lease token and a lease of p_lease.
 --
--- Applied by the migration runner whenever this file changes. A change of
+-- Applied by the migration runner when its revision (above) is newer than
+-- the one applied: a change to this file raises the revision. A change of
 -- signature or meaning gets a new name (fetch_v3), so that old and new
--- workers can run side by side during a deploy.
+-- workers can run side by side during a deploy. It needs migration 2 (lease
+-- tokens) and is dropped when that is reverted.
 --
 -- The window is every event whose transaction is visible in the current
 -- snapshot but was not in the stored position. Only transactions in progress
@@ -52,7 +57,7 @@ AS $$
 #variable_conflict use_column
 DECLARE
     c              sluice.consumers%ROWTYPE;
-    v_now          pg_snapshot := pg_current_snapshot();
+    v_now          pg_snapshot;
     v_end          pg_snapshot;
     v_xip          xid8[];
     v_from         xid8;
@@ -94,6 +99,11 @@ BEGIN
     END IF;
 
     IF p_refill AND NOT v_busy THEN
+        -- Only now, under the row lock: a snapshot taken before it could be
+        -- older than the position another session stored meanwhile, and
+        -- storing it would move the position back (events delivered again)
+        -- or look like a position from another cluster.
+        v_now := pg_current_snapshot();
         -- A position is a snapshot of this cluster's transaction ids. One
         -- ahead of the server came from elsewhere: taking it as is would
         -- skip every event until the server catches up.

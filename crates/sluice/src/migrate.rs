@@ -15,17 +15,44 @@ static EMBEDDED: Migrator = sqlx::migrate!("../../migrations");
 
 /// Stored functions whose bodies change with the claim logic, one file each in
 /// `migrations/functions/`, named after the function it defines. They are
-/// re-applied after the numbered migrations whenever their text changes
-/// (repeatable migrations, as Flyway's `R__` files), so a change to the claim
-/// is a diff of one file. A change of signature or meaning gets a new name
-/// (`fetch_v3`), so old and new workers can run side by side in a deploy.
-const FUNCTIONS: &[Function] =
-    &[Function { name: "fetch_v2", sql: include_str!("../../../migrations/functions/fetch_v2.sql") }];
+/// re-applied after the numbered migrations when their revision (a header
+/// line `-- revision: N`) is newer than the one applied (repeatable
+/// migrations, as Flyway's `R__` files), so a change to the claim is a diff
+/// of one file — and an older build that migrates during a rolling deploy
+/// never puts an older body back. A change of signature or meaning gets a
+/// new name (`fetch_v3`), so old and new workers can run side by side.
+const FUNCTIONS: &[Function] = &[Function::new("fetch_v2", include_str!("../../../migrations/functions/fetch_v2.sql"))];
 
-/// A file of `migrations/functions/`: the function it defines and its text.
+/// A file of `migrations/functions/`: the function it defines, its text,
+/// its revision, and the newest migration it needs (`-- requires: N`):
+/// reverting that migration or an earlier one drops the function.
 struct Function {
     name: &'static str,
     sql: &'static str,
+}
+
+impl Function {
+    const fn new(name: &'static str, sql: &'static str) -> Function {
+        Function { name, sql }
+    }
+
+    /// The number after `-- <key>:` in the file's header, 0 without one.
+    fn header(&self, key: &str) -> i64 {
+        let prefix = format!("-- {key}:");
+        self.sql
+            .lines()
+            .take_while(|l| l.starts_with("--"))
+            .find_map(|l| l.strip_prefix(&prefix).and_then(|n| n.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
+    fn revision(&self) -> i64 {
+        self.header("revision")
+    }
+
+    fn requires(&self) -> i64 {
+        self.header("requires")
+    }
 }
 
 /// Held for the whole run so that two processes never migrate at once.
@@ -201,7 +228,7 @@ async fn up(conn: &mut PgConnection) -> Result<Vec<i64>, MigrateError> {
     Ok(done)
 }
 
-/// Applies each function file whose text differs from the one last applied.
+/// Applies each function file newer than the one last applied.
 async fn apply_functions(conn: &mut PgConnection) -> Result<(), MigrateError> {
     let installed: bool =
         sqlx::query_scalar("SELECT to_regclass('sluice._functions') IS NOT NULL").fetch_one(&mut *conn).await?;
@@ -209,32 +236,68 @@ async fn apply_functions(conn: &mut PgConnection) -> Result<(), MigrateError> {
         sqlx::raw_sql(
             "CREATE TABLE sluice._functions (
                  name       text PRIMARY KEY,
+                 revision   bigint NOT NULL,
+                 requires   bigint NOT NULL,
                  checksum   text NOT NULL,
                  applied_at timestamptz NOT NULL DEFAULT now()
              )",
         )
         .execute(&mut *conn)
         .await?;
+    } else {
+        // The table of a build before revisions (nothing released had it);
+        // looked up first, so an up-to-date database needs no ALTER right.
+        let has_revision: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                            WHERE table_schema = 'sluice' AND table_name = '_functions' AND column_name = 'revision')",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if !has_revision {
+            sqlx::raw_sql(
+                "ALTER TABLE sluice._functions
+                     ADD COLUMN revision bigint NOT NULL DEFAULT 0,
+                     ADD COLUMN requires bigint NOT NULL DEFAULT 0",
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
     }
     for function in FUNCTIONS {
         let name = function.name;
-        let current: Option<bool> =
-            sqlx::query_scalar("SELECT checksum = md5($2) FROM sluice._functions WHERE name = $1")
+        let applied: Option<(i64, bool)> =
+            sqlx::query_as("SELECT revision, checksum = md5($2) FROM sluice._functions WHERE name = $1")
                 .bind(name)
                 .bind(function.sql)
                 .fetch_optional(&mut *conn)
                 .await?;
-        if current == Some(true) {
-            continue;
+        match applied {
+            Some((revision, _)) if revision > function.revision() => continue, // a newer build's
+            Some((revision, same)) if revision == function.revision() => {
+                if !same {
+                    tracing::warn!(
+                        function = name,
+                        revision,
+                        "the applied function differs from this build's at the same revision; \
+                         left as it is (a changed function file needs a new revision)"
+                    );
+                }
+                continue;
+            }
+            _ => {}
         }
         let failed = |source| MigrateError::Failed { version: 0, description: format!("function {name}"), source };
         let mut tx = conn.begin().await?;
         sqlx::raw_sql(function.sql).execute(&mut *tx).await.map_err(failed)?;
         sqlx::query(
-            "INSERT INTO sluice._functions (name, checksum) VALUES ($1, md5($2))
-             ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()",
+            "INSERT INTO sluice._functions (name, revision, requires, checksum) VALUES ($1, $2, $3, md5($4))
+             ON CONFLICT (name) DO UPDATE
+             SET revision = excluded.revision, requires = excluded.requires, checksum = excluded.checksum,
+                 applied_at = now()",
         )
         .bind(name)
+        .bind(function.revision())
+        .bind(function.requires())
         .bind(function.sql)
         .execute(&mut *tx)
         .await?;
@@ -244,11 +307,12 @@ async fn apply_functions(conn: &mut PgConnection) -> Result<(), MigrateError> {
     Ok(())
 }
 
-/// Drops every function applied from `migrations/functions/` (all overloads
-/// of each name): they are written against the latest schema, so a down
-/// migration removes them first, and the next `migrate` of whichever build
-/// runs then applies its own.
-async fn drop_functions(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+/// Drops the functions of `migrations/functions/` (all overloads of each
+/// name) that need migration `version` or a later one, before it is
+/// reverted; with `version` 0 (nothing of Sluice's left) every one, and the
+/// runner's table of them. The next `migrate` of whichever build runs then
+/// applies its own.
+async fn drop_functions(conn: &mut PgConnection, version: i64) -> Result<(), sqlx::Error> {
     let installed: bool =
         sqlx::query_scalar("SELECT to_regclass('sluice._functions') IS NOT NULL").fetch_one(&mut *conn).await?;
     if !installed {
@@ -256,33 +320,37 @@ async fn drop_functions(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     }
     // The names come from the catalog and the runner's own table, never from input.
     sqlx::raw_sql(
-        "DO $$
-         DECLARE f regprocedure;
-         BEGIN
-             FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
-                      JOIN sluice._functions a ON a.name = p.proname
-                      WHERE p.pronamespace = 'sluice'::regnamespace
-             LOOP
-                 EXECUTE 'DROP FUNCTION ' || f;
-             END LOOP;
-         END $$;
-         DROP TABLE sluice._functions;",
+        "CREATE FUNCTION pg_temp.sluice_drop_function(f regprocedure) RETURNS void LANGUAGE plpgsql AS
+         $$ BEGIN EXECUTE 'DROP FUNCTION ' || f; END $$",
     )
     .execute(&mut *conn)
     .await?;
+    sqlx::query(
+        "SELECT count(pg_temp.sluice_drop_function(p.oid::regprocedure)) FROM pg_proc p
+         JOIN sluice._functions a ON a.name = p.proname
+         WHERE p.pronamespace = 'sluice'::regnamespace AND a.requires >= $1",
+    )
+    .bind(version)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM sluice._functions WHERE requires >= $1").bind(version).execute(&mut *conn).await?;
+    sqlx::raw_sql("DROP FUNCTION pg_temp.sluice_drop_function(regprocedure)").execute(&mut *conn).await?;
+    if version == 0 {
+        sqlx::raw_sql("DROP TABLE sluice._functions").execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
 async fn down(conn: &mut PgConnection, steps: Steps) -> Result<Vec<i64>, MigrateError> {
     let mut applied = applied(conn).await?;
     let mut done = Vec::new();
-    if !applied.is_empty() {
-        drop_functions(conn).await?;
-    }
     while let Some(last) = applied.pop() {
         let Some(m) = down_of(last.version) else {
             return Err(MigrateError::UnknownVersion { version: last.version });
         };
+        // Functions written against this migration go first; the last
+        // revert takes them all with the runner's table.
+        drop_functions(conn, if applied.is_empty() { 0 } else { m.version }).await?;
         let failed =
             |source| MigrateError::Failed { version: m.version, description: m.description.to_string(), source };
         let mut tx = conn.begin().await?;

@@ -20,15 +20,19 @@ adopted AS (
     SET txid = pg_current_xact_id()
     FROM target t
     WHERE e.stream_id = t.stream_id AND e.txid >= pg_snapshot_xmax(pg_current_snapshot())
-    RETURNING 1
+    RETURNING e.id
 ),
 moved AS (
     UPDATE sluice.consumers c
     SET position = CASE WHEN $3 = 'now' THEN pg_current_snapshot() ELSE '1:1:'::pg_snapshot END,
         window_end = NULL, window_txid = NULL, window_id = NULL,
         start_from = CASE WHEN $3 = 'time' THEN $4::timestamptz END,
+        -- 'now' is the snapshot alone, as when a consumer is created at now:
+        -- events of transactions still open come when they commit. Events
+        -- adopted from another cluster take this transaction's id, which the
+        -- snapshot does not see; for 'now' they are before it all the same.
         start_event = CASE WHEN $3 = 'event' THEN $5::bigint
-                           WHEN $3 = 'now' THEN nextval('sluice.event_id') END,
+                           WHEN $3 = 'now' THEN (SELECT max(a.id) + 1 FROM adopted a) END,
         updated_at = now()
     FROM target t
     WHERE c.id = t.id

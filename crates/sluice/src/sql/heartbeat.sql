@@ -3,10 +3,13 @@
 -- worker holds are never rewritten to prove it, so a handler's transaction
 -- at any isolation level can settle its task however long it runs.
 --
--- A task running under this worker's name, claimed longer than a lease ago
--- but not among those it holds, was claimed by a fetch whose answer never
--- reached the worker (a timeout, a broken connection): no handler ever
--- started it, so it goes back with its attempt returned.
+-- A task running under this worker's name but not among those it holds was
+-- claimed by a fetch whose answer never reached the worker (a timeout, a
+-- broken connection), or its ack or failure could not be written: it goes
+-- back to the queue, its attempt counted. Only once its lease ended more
+-- than $5 ms ago (the longest a call of the worker may take): a fetch still
+-- on its way, or this statement waiting for a connection, must not make a
+-- task just claimed look abandoned.
 --
 -- registered 0: another subscriber took the worker for dead and forgot it.
 WITH beat AS (
@@ -17,20 +20,26 @@ WITH beat AS (
 ),
 stray AS MATERIALIZED (
     SELECT t.consumer_id, t.event_id FROM sluice.tasks t
-    WHERE t.consumer_id = $2 AND t.state = 'running' AND t.lease_until < now()
+    WHERE t.consumer_id = $2 AND t.state = 'running'
+      AND t.lease_until < now() - $5 * interval '1 millisecond'
       AND t.worker_id = $1 AND NOT (t.lease_token = ANY ($4::bigint[]))
     FOR UPDATE SKIP LOCKED
 ),
 returned AS (
+    -- As the rescuer frees a lost lease: on the last attempt, discarded.
     UPDATE sluice.tasks t
-    SET state = 'available', attempt = t.attempt - 1, lease_until = NULL, worker_id = NULL
-    FROM stray s
-    WHERE t.consumer_id = s.consumer_id AND t.event_id = s.event_id
-    RETURNING t.consumer_id, t.event_id, t.attempt, t.priority
+    SET state = CASE WHEN t.attempt >= c.max_attempts THEN 'discarded' ELSE 'available' END::sluice.task_state,
+        finished_at = CASE WHEN t.attempt >= c.max_attempts THEN now() END,
+        lease_until = NULL, worker_id = NULL
+    FROM stray s, sluice.consumers c
+    WHERE t.consumer_id = s.consumer_id AND t.event_id = s.event_id AND c.id = t.consumer_id
+    RETURNING t.consumer_id, t.event_id, t.attempt, t.priority, t.state
 ),
 logged AS (
     INSERT INTO sluice.task_log (consumer_id, event_id, attempt, action, reason, priority, worker_id)
-    SELECT consumer_id, event_id, attempt + 1, 'released', 'the claim never reached the worker', priority, $1
+    SELECT consumer_id, event_id, attempt,
+           CASE WHEN state = 'discarded' THEN 'discarded' ELSE 'released' END::sluice.task_action,
+           'no longer held by its worker', priority, $1
     FROM returned
 )
 SELECT (SELECT count(*) FROM beat) AS registered, (SELECT count(*) FROM returned) AS returned

@@ -45,19 +45,26 @@ pub(crate) struct Completed {
     pub(crate) given_up: usize,
 }
 
+/// A running completer: the sending side, the acks queued but not yet
+/// written, the acks given up so far, and its task.
+pub(crate) type Spawned = (Acks, Arc<AtomicUsize>, Arc<AtomicUsize>, tokio::task::JoinHandle<Completed>);
+
 /// Starts a completer with room for `capacity` queued acks.
-pub(crate) fn spawn(
-    shared: Arc<Shared>,
-    capacity: usize,
-) -> (Acks, Arc<AtomicUsize>, tokio::task::JoinHandle<Completed>) {
+pub(crate) fn spawn(shared: Arc<Shared>, capacity: usize) -> Spawned {
     use tracing::Instrument;
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let pending = Arc::new(AtomicUsize::new(0));
-    let handle = tokio::spawn(run(shared, rx, pending.clone()).in_current_span());
-    (Acks { tx, pending: pending.clone() }, pending, handle)
+    let given_up = Arc::new(AtomicUsize::new(0));
+    let handle = tokio::spawn(run(shared, rx, pending.clone(), given_up.clone()).in_current_span());
+    (Acks { tx, pending: pending.clone() }, pending, given_up, handle)
 }
 
-async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Key>, pending: Arc<AtomicUsize>) -> Completed {
+async fn run(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Key>,
+    pending: Arc<AtomicUsize>,
+    given_up_so_far: Arc<AtomicUsize>,
+) -> Completed {
     let mut done = Completed::default();
     let mut batch: Vec<Key> = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -72,6 +79,7 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Key>, pending: Arc<Atom
         let (acked, given_up) = flush(&shared, &batch).await;
         done.acked += acked;
         done.given_up += given_up;
+        given_up_so_far.fetch_add(given_up, Ordering::AcqRel);
         shared.registry.forget_all(&batch);
         pending.fetch_sub(batch.len(), Ordering::AcqRel);
     }

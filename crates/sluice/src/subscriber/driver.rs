@@ -64,7 +64,7 @@ where
         let shared = self.shared.clone();
         let helpers = CancellationToken::new();
         let topic = Notifier::subscribe(&shared.pool, &format!("sluice.{}", shared.stream_id));
-        let (acks, pending_acks, completer) =
+        let (acks, pending_acks, given_up, completer) =
             completer::spawn(shared.clone(), self.sub.concurrency + self.sub.batch_size);
         let keeper = tokio::spawn(keeper::run(shared.clone(), self.sub.heartbeat, helpers.clone()).in_current_span());
         let executor = Executor::new(shared.clone(), self.handler.clone(), acks, self.sub.handler_timeout);
@@ -213,6 +213,7 @@ where
         let handlers_until = deadline - reserve;
         let cleanup_until = deadline - reserve / 4;
         let mut report = ShutdownReport::default();
+        let given_up_before = given_up.load(Ordering::Acquire);
 
         if let Some(handle) = maintaining.take() {
             handle.abort();
@@ -240,6 +241,8 @@ where
 
         loop {
             tokio::select! {
+                // Finished handlers first: one that ended in time is not aborted.
+                biased;
                 done = running.join_next_with_id() => match done {
                     None => break,
                     Some(done) => {
@@ -252,7 +255,14 @@ where
             }
         }
         running.abort_all();
-        while running.join_next().await.is_some() {}
+        // A handler that finished just before the abort counts as completed
+        // (its ack may be queued); only the cancelled ones are handed back.
+        while let Some(done) = running.join_next_with_id().await {
+            if let Ok((id, ())) = done {
+                running_keys.remove(&id);
+                report.completed += 1;
+            }
+        }
         let stopped: Vec<Key> = running_keys.into_values().collect();
         let (released, abandoned) = self.release(&stopped, cleanup_until).await;
         report.aborted += released;
@@ -262,7 +272,7 @@ where
         drop(executor);
         let mut completer = completer;
         match timeout_at(cleanup_until, &mut completer).await {
-            Ok(Ok(Completed { given_up, .. })) => report.abandoned += given_up,
+            Ok(Ok(Completed { given_up, .. })) => report.abandoned += given_up.saturating_sub(given_up_before),
             Ok(Err(_)) => {}
             Err(_) => {
                 completer.abort();
@@ -273,7 +283,12 @@ where
             }
         }
         helpers.cancel();
-        let _ = keeper.await;
+        // A beat under way may wait on the database: not past the deadline.
+        let mut keeper = keeper;
+        if timeout_at(cleanup_until, &mut keeper).await.is_err() {
+            keeper.abort();
+            let _ = keeper.await;
+        }
         drop(topic);
         match timeout_at(deadline, keeper::unregister(&shared)).await {
             Ok(Ok(())) => {}

@@ -84,11 +84,12 @@ async fn beat(shared: &Shared) -> Result<(), sqlx::Error> {
             .bind(shared.consumer_id)
             .bind(status)
             .bind(&tokens)
+            .bind(shared.db_timeout.as_millis() as i64)
             .fetch_one(&shared.pool),
     )
     .await?;
     if returned > 0 {
-        debug!(returned, "handed back tasks claimed for this worker that never reached it");
+        debug!(returned, "handed back tasks under this worker's name that it no longer holds");
     }
     if registered == 0 {
         // Another subscriber took us for dead and forgot us; come back.
