@@ -47,12 +47,15 @@ pub enum Scenario {
     /// A backlog where 1 event in `--selective-every` matches the consumer's filter:
     /// drain time and fetch round trips.
     Selective,
+    /// A steady publish rate drained by one consumer: a clean phase, then an idle-in-transaction
+    /// pin, an overload, long REPEATABLE READ readers and a burst, each followed by a recovery.
+    Pressure,
     /// Every scenario above.
     All,
 }
 
 impl Scenario {
-    pub const EACH: [Scenario; 7] = [
+    pub const EACH: [Scenario; 8] = [
         Scenario::Publish,
         Scenario::Drain,
         Scenario::Latency,
@@ -60,6 +63,7 @@ impl Scenario {
         Scenario::Pinned,
         Scenario::Scale,
         Scenario::Selective,
+        Scenario::Pressure,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +75,7 @@ impl Scenario {
             Scenario::Pinned => "pinned",
             Scenario::Scale => "scale",
             Scenario::Selective => "selective",
+            Scenario::Pressure => "pressure",
             Scenario::All => "all",
         }
     }
@@ -185,6 +190,49 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000)]
     pub selective_every: u64,
 
+    /// pressure: the normal publish rate, events/s [default: 60 % of the drain rate measured at the start].
+    #[arg(long)]
+    pub pressure_rate: Option<u64>,
+
+    /// pressure: events published, then drained by the subscribers, to measure the drain rate
+    /// at the start [default: 100000; smoke 3000].
+    #[arg(long)]
+    pub pressure_calibrate_n: Option<u64>,
+
+    /// pressure: seconds of every phase at once (clean, pin, overload, readers, burst); a
+    /// per-phase flag wins over it [default: 60, 240, 120, 120, 300; smoke 2, 2, 1, 2, 1].
+    #[arg(long)]
+    pub pressure_phase_secs: Option<f64>,
+
+    /// pressure: seconds of the clean phase (normal rate, no pressure).
+    #[arg(long)]
+    pub pressure_clean_secs: Option<f64>,
+
+    /// pressure: seconds of the `pin` phase (an idle-in-transaction session holds the xmin horizon).
+    #[arg(long)]
+    pub pressure_pin_secs: Option<f64>,
+
+    /// pressure: seconds of the `overload` phase (publishing at 1.5× the drain rate).
+    #[arg(long)]
+    pub pressure_overload_secs: Option<f64>,
+
+    /// pressure: seconds of the `readers` phase (4 REPEATABLE READ readers of another table).
+    #[arg(long)]
+    pub pressure_readers_secs: Option<f64>,
+
+    /// pressure: seconds of the `burst` phase (publishing at --pressure-burst-factor × the drain rate).
+    #[arg(long)]
+    pub pressure_burst_secs: Option<f64>,
+
+    /// pressure: the burst's publish rate, in multiples of the drain rate.
+    #[arg(long, default_value_t = 4.0)]
+    pub pressure_burst_factor: f64,
+
+    /// pressure: how long each recovery may take (the backlog back to its clean level, the normal
+    /// rate continuing) before it is given up and reported [default: 300; smoke 3].
+    #[arg(long)]
+    pub pressure_recovery_secs: Option<f64>,
+
     /// Also run the peers (`<peers-dir>/run-all.sh`) with the drain's N, and print them beside Sluice.
     #[arg(long)]
     pub peers: bool,
@@ -239,6 +287,7 @@ pub struct Params {
     pub processes: Vec<usize>,
     pub selective_n: u64,
     pub selective_every: u64,
+    pub pressure: PressureParams,
     pub peers: bool,
     pub timeout_s: u64,
     pub db_settings: Vec<(String, String)>,
@@ -282,6 +331,7 @@ impl BenchArgs {
             processes: self.processes.clone(),
             selective_n: pick(self.selective_n, 1_000_000, 20_000),
             selective_every: self.selective_every,
+            pressure: self.pressure_params(),
             peers: self.peers,
             timeout_s: self.timeout,
             db_settings: self.db_settings.clone(),
@@ -289,6 +339,39 @@ impl BenchArgs {
         p.check()?;
         Ok(p)
     }
+
+    fn pressure_params(&self) -> PressureParams {
+        let smoke = self.smoke;
+        let secs = |explicit: Option<f64>, full: f64, small: f64| {
+            explicit.or(self.pressure_phase_secs).unwrap_or(if smoke { small } else { full })
+        };
+        PressureParams {
+            rate: self.pressure_rate,
+            calibrate_n: self.pressure_calibrate_n.unwrap_or(if smoke { 3_000 } else { 100_000 }),
+            clean_s: secs(self.pressure_clean_secs, 60.0, 2.0),
+            pin_s: secs(self.pressure_pin_secs, 240.0, 2.0),
+            overload_s: secs(self.pressure_overload_secs, 120.0, 1.0),
+            readers_s: secs(self.pressure_readers_secs, 120.0, 2.0),
+            burst_s: secs(self.pressure_burst_secs, 300.0, 1.0),
+            burst_factor: self.pressure_burst_factor,
+            recovery_s: self.pressure_recovery_secs.unwrap_or(if smoke { 3.0 } else { 300.0 }),
+        }
+    }
+}
+
+/// The `pressure` scenario's sizes.
+#[derive(Debug, Clone, Serialize)]
+pub struct PressureParams {
+    /// The normal publish rate; `None`: 60 % of the drain rate measured at the start.
+    pub rate: Option<u64>,
+    pub calibrate_n: u64,
+    pub clean_s: f64,
+    pub pin_s: f64,
+    pub overload_s: f64,
+    pub readers_s: f64,
+    pub burst_s: f64,
+    pub burst_factor: f64,
+    pub recovery_s: f64,
 }
 
 impl Params {
@@ -308,7 +391,15 @@ impl Params {
             self.selective_n >= self.selective_every,
             "--selective-n must be at least --selective-every, so that some event matches"
         );
-        for n in [self.publish_n, self.drain_n, self.soak_n, self.pinned_n, self.scale_n, self.selective_n] {
+        let pr = &self.pressure;
+        ensure!(pr.rate != Some(0), "--pressure-rate must be at least 1");
+        for s in [pr.clean_s, pr.pin_s, pr.overload_s, pr.readers_s, pr.burst_s, pr.recovery_s] {
+            ensure!(s.is_finite() && s > 0.0, "every --pressure-*-secs must be more than 0");
+        }
+        ensure!(pr.burst_factor.is_finite() && pr.burst_factor > 0.0, "--pressure-burst-factor must be more than 0");
+        for n in
+            [self.publish_n, self.drain_n, self.soak_n, self.pinned_n, self.scale_n, self.selective_n, pr.calibrate_n]
+        {
             ensure!(n >= 1, "every N must be at least 1");
         }
         Ok(())

@@ -163,3 +163,46 @@ impl Bloat {
         )
     }
 }
+
+/// Rows, dead rows and size of one of Sluice's tables, from
+/// [`sluice::storage_stats`] (the server's statistics: they lag a little
+/// behind busy sessions).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableSize {
+    pub live_rows: i64,
+    pub dead_rows: i64,
+    pub total_bytes: i64,
+}
+
+/// `sluice.tasks` and `sluice.events` as [`sluice::storage_stats`] reports them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Storage {
+    pub tasks: TableSize,
+    pub events: TableSize,
+}
+
+impl Storage {
+    pub async fn read(pool: &PgPool) -> anyhow::Result<Storage> {
+        let stats = sluice::storage_stats(pool).await.context("reading sluice::storage_stats")?;
+        let size = |name: &str| {
+            stats.table(name).map_or_else(TableSize::default, |t| TableSize {
+                live_rows: t.live_rows,
+                dead_rows: t.dead_rows,
+                total_bytes: t.total_bytes,
+            })
+        };
+        Ok(Storage { tasks: size("tasks"), events: size("events") })
+    }
+
+    /// `tasks 1,234 dead, 5.2 MiB; events 0 dead, 3.1 MiB`.
+    pub fn human(&self) -> String {
+        use crate::report::{bytes, count};
+        format!(
+            "tasks {} dead, {}; events {} dead, {}",
+            count(self.tasks.dead_rows as f64),
+            bytes(self.tasks.total_bytes),
+            count(self.events.dead_rows as f64),
+            bytes(self.events.total_bytes),
+        )
+    }
+}

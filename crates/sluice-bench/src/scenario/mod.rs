@@ -8,6 +8,7 @@ use crate::report::{Output, Report};
 mod drain;
 mod latency;
 mod pinned;
+mod pressure;
 mod publish;
 mod scale;
 mod selective;
@@ -29,6 +30,7 @@ pub async fn run(scenario: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         Scenario::Pinned => pinned::run(ctx).await,
         Scenario::Scale => scale::run(ctx).await,
         Scenario::Selective => selective::run(ctx).await,
+        Scenario::Pressure => pressure::run(ctx).await,
         Scenario::All => unreachable!("`all` is expanded when the options are read"),
     }
 }

@@ -4,6 +4,9 @@
 //! per window of `--soak-window` tasks shows a slowdown (a growing table,
 //! bloat) as the ratio of the last window to the first. The backlog at each
 //! window's end says whether the subscribers or the publisher set the pace.
+//! At each window's end the bench also reads `sluice::storage_stats`: the
+//! dead tuples and sizes of `sluice.tasks` and `sluice.events` (the server's
+//! statistics, which lag busy sessions by a second or so).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use serde_json::json;
 use tokio::time::{sleep, Instant};
 
 use super::Ctx;
-use crate::db::Bloat;
+use crate::db::{Bloat, Storage};
 use crate::report::{count, r3, Report};
 use crate::work::{
     noop_events, pool_size, publish_backlog, shutdown, start_noop, stream_with_consumers, wait_acked, Progress,
@@ -22,7 +25,8 @@ use crate::work::{
 pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     let p = ctx.params;
     let (n, window, ahead, batch) = (p.soak_n, p.soak_window, p.soak_ahead, p.batch as u64);
-    let pool = ctx.db.pool(pool_size(p.workers) + 1).await?;
+    // The subscribers', the publisher's and the storage sampler's connections.
+    let pool = ctx.db.pool(pool_size(p.workers) + 2).await?;
     stream_with_consumers(&pool, "soak", &["soak"]).await?;
     let consumer_id = crate::db::consumer_id(&pool, "soak", "soak").await?;
     ctx.out.progress(&format!("soak: {n} tasks, windows of {window}, publisher up to {ahead} ahead"));
@@ -56,6 +60,24 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
             Ok::<u64, anyhow::Error>(waits)
         })
     };
+    // The storage statistics as each window of tasks has been handled.
+    let sampler = {
+        let (pool, progress) = (pool.clone(), progress.clone());
+        tokio::spawn(async move {
+            let windows = n / window;
+            let mut read = Vec::with_capacity(windows as usize);
+            for i in 1..=windows {
+                while progress.handled() < i * window {
+                    if Instant::now() >= deadline {
+                        return Ok(read);
+                    }
+                    sleep(Duration::from_millis(5)).await;
+                }
+                read.push(Storage::read(&pool).await?);
+            }
+            Ok::<_, anyhow::Error>(read)
+        })
+    };
     let waited = async {
         progress.wait(deadline).await?;
         wait_acked(&pool, consumer_id, deadline).await
@@ -65,6 +87,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     shutdown(handles).await;
     let publisher_waits = publisher.await??;
     waited?;
+    let windows_storage = sampler.await??;
     pool.close().await;
 
     // Window i ran from the previous mark (or the start) to its own mark.
@@ -94,10 +117,14 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         count(prefill as f64),
         count(n as f64 / total_s)
     ));
-    let shown: Vec<String> = per_window.iter().map(|x| count(*x)).collect();
-    report.line(format!("tasks/s per window of {}: {}", count(window as f64), shown.join(" ")));
-    let shown: Vec<String> = backlog.iter().map(|x| count(*x as f64)).collect();
-    report.line(format!("backlog (published, not yet handled) at each window's end: {}", shown.join(" ")));
+    report.line(format!(
+        "per window of {} tasks: tasks/s; backlog (published, not yet handled) at its end; storage_stats then",
+        count(window as f64)
+    ));
+    for (i, (tps, b)) in per_window.iter().zip(&backlog).enumerate() {
+        let storage = windows_storage.get(i).map_or_else(|| "-".to_string(), Storage::human);
+        report.line(format!("  {:>3}  {:>8} tasks/s  backlog {:>9}  {storage}", i + 1, count(*tps), count(*b as f64)));
+    }
     report.line(format!("first {} last {} last/first {:.2}", count(first), count(last), ratio));
     report.line(format!("at the end: {}", bloat.human()));
     report.set("n", n);
@@ -107,6 +134,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     report.set("tasks_per_s", (n as f64 / total_s).round());
     report.set("windows_tasks_per_s", per_window.iter().map(|x| x.round()).collect::<Vec<_>>());
     report.set("windows_backlog", backlog);
+    report.set("windows_tables", &windows_storage);
     report.set("first_window", first.round());
     report.set("last_window", last.round());
     report.set("last_over_first", r3(ratio));
