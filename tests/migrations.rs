@@ -474,8 +474,8 @@ async fn fetch_body(pool: &PgPool) -> Option<String> {
 }
 
 /// A build that migrates during a rolling deploy never puts an older
-/// function body back over a newer one, and a function file applies again
-/// only with a newer revision.
+/// function body back over a newer one; a changed function file applies
+/// again otherwise.
 #[tokio::test]
 async fn an_older_function_revision_never_replaces_a_newer_one() {
     let db = TestDb::new().await;
@@ -500,6 +500,18 @@ async fn an_older_function_revision_never_replaces_a_newer_one() {
     sqlx::query("UPDATE sluice._functions SET revision = 0 WHERE name = 'fetch_v2'").execute(&db.pool).await.unwrap();
     sluice::migrate(&db.pool).await.unwrap();
     assert_eq!(fetch_body(&db.pool).await.unwrap(), ours);
+    // So is a changed text at the same revision (a file being worked on).
+    sqlx::query("UPDATE sluice._functions SET checksum = 'edited' WHERE name = 'fetch_v2'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("COMMENT ON FUNCTION sluice.fetch_v2 IS 'stale'").execute(&db.pool).await.unwrap();
+    sluice::migrate(&db.pool).await.unwrap();
+    let checksum: String = sqlx::query_scalar("SELECT checksum FROM sluice._functions WHERE name = 'fetch_v2'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_ne!(checksum, "edited", "applied again");
 }
 
 /// Reverting a migration that the functions do not need keeps them; reverting

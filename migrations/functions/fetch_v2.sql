@@ -5,8 +5,8 @@
 -- p_consumer's position forward and claims up to p_limit tasks for worker
 -- p_worker, each with a fresh lease token and a lease of p_lease.
 --
--- Applied by the migration runner when its revision (above) is newer than
--- the one applied: a change to this file raises the revision. A change of
+-- Applied by the migration runner whenever this file changes, unless a newer
+-- revision (above) is applied: a released change raises the revision. A change of
 -- signature or meaning gets a new name (fetch_v3), so that old and new
 -- workers can run side by side during a deploy. It needs migration 2 (lease
 -- tokens) and is dropped when that is reverted.

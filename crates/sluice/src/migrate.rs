@@ -15,11 +15,11 @@ static EMBEDDED: Migrator = sqlx::migrate!("../../migrations");
 
 /// Stored functions whose bodies change with the claim logic, one file each in
 /// `migrations/functions/`, named after the function it defines. They are
-/// re-applied after the numbered migrations when their revision (a header
-/// line `-- revision: N`) is newer than the one applied (repeatable
-/// migrations, as Flyway's `R__` files), so a change to the claim is a diff
-/// of one file — and an older build that migrates during a rolling deploy
-/// never puts an older body back. A change of signature or meaning gets a
+/// re-applied after the numbered migrations when their text changed
+/// (repeatable migrations, as Flyway's `R__` files), so a change to the claim
+/// is a diff of one file — unless the applied one has a newer revision (a
+/// header line `-- revision: N`): an older build that migrates during a
+/// rolling deploy never puts an older body back. A change of signature or meaning gets a
 /// new name (`fetch_v3`), so old and new workers can run side by side.
 const FUNCTIONS: &[Function] = &[Function::new("fetch_v2", include_str!("../../../migrations/functions/fetch_v2.sql"))];
 
@@ -228,7 +228,7 @@ async fn up(conn: &mut PgConnection) -> Result<Vec<i64>, MigrateError> {
     Ok(done)
 }
 
-/// Applies each function file newer than the one last applied.
+/// Applies each function file whose text changed, unless a newer revision is applied.
 async fn apply_functions(conn: &mut PgConnection) -> Result<(), MigrateError> {
     let installed: bool =
         sqlx::query_scalar("SELECT to_regclass('sluice._functions') IS NOT NULL").fetch_one(&mut *conn).await?;
@@ -272,18 +272,11 @@ async fn apply_functions(conn: &mut PgConnection) -> Result<(), MigrateError> {
                 .fetch_optional(&mut *conn)
                 .await?;
         match applied {
-            Some((revision, _)) if revision > function.revision() => continue, // a newer build's
-            Some((revision, same)) if revision == function.revision() => {
-                if !same {
-                    tracing::warn!(
-                        function = name,
-                        revision,
-                        "the applied function differs from this build's at the same revision; \
-                         left as it is (a changed function file needs a new revision)"
-                    );
-                }
-                continue;
-            }
+            // A newer build's revision: never put an older body back.
+            Some((revision, _)) if revision > function.revision() => continue,
+            // The same text.
+            Some((revision, true)) if revision == function.revision() => continue,
+            // Newer, or changed at the same revision (a file being worked on).
             _ => {}
         }
         let failed = |source| MigrateError::Failed { version: 0, description: format!("function {name}"), source };
