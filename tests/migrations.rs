@@ -13,12 +13,13 @@ use support::TestDb;
 const TABLES: [&str; 8] =
     ["_functions", "_migrations", "consumers", "events", "streams", "task_log", "tasks", "workers"];
 const TYPES: [&str; 3] = ["task_action", "task_state", "worker_status"];
-const FUNCTIONS: [&str; 8] = [
+const FUNCTIONS: [&str; 9] = [
     "delete_consumer_tasks",
     "fetch",
     "fetch_v2",
     "patterns_regex",
     "refill",
+    "task_event_txid",
     "valid_name",
     "valid_patterns",
     "valid_subject",
@@ -522,16 +523,19 @@ async fn down_drops_only_the_functions_that_need_the_reverted_migration() {
     let newest = || async {
         sqlx::query_scalar::<_, i64>("SELECT max(version) FROM sluice._migrations").fetch_one(&db.pool).await.unwrap()
     };
-    let latest = newest().await;
-    assert!(latest >= 3, "migrations after the lease tokens exist");
-    let reverted = sluice::migrate_down(&db.pool, sluice::Steps::One).await.unwrap();
-    assert_eq!(reverted, [latest]);
-    assert!(fetch_body(&db.pool).await.is_some(), "fetch_v2 needs only migration 2: kept");
-    while newest().await > 2 {
+    let requires: i64 = sqlx::query_scalar("SELECT requires FROM sluice._functions WHERE name = 'fetch_v2'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(requires, 4, "fetch_v2 names the newest migration it needs");
+    // Every migration after that one goes without taking fetch_v2 along.
+    while newest().await > requires {
         sluice::migrate_down(&db.pool, sluice::Steps::One).await.unwrap();
+        assert!(fetch_body(&db.pool).await.is_some(), "fetch_v2 kept");
     }
-    sluice::migrate_down(&db.pool, sluice::Steps::One).await.unwrap();
-    assert!(fetch_body(&db.pool).await.is_none(), "reverting migration 2 drops fetch_v2 first");
+    let reverted = sluice::migrate_down(&db.pool, sluice::Steps::One).await.unwrap();
+    assert_eq!(reverted, [requires]);
+    assert!(fetch_body(&db.pool).await.is_none(), "reverting the migration fetch_v2 needs drops it first");
     sluice::migrate(&db.pool).await.unwrap();
     assert_schema_present(&db.pool).await;
 }

@@ -168,3 +168,57 @@ async fn storage_stats_show_every_table_its_rows_dead_rows_and_size() {
     let names: Vec<&str> = stats.tables.iter().map(|t| t.table_name.as_str()).collect();
     assert_eq!(names, ["consumers", "events", "streams", "task_log", "tasks", "workers"]);
 }
+
+/// Tasks name their event's transaction id (for the partitioned events to
+/// come), whichever path made them: leased at once to a hungry subscriber,
+/// queued as available by a refill, or inserted by hand without it.
+#[tokio::test]
+async fn every_task_names_its_events_transaction_id() {
+    let db = TestDb::new().await;
+    create_stream(&db.pool, "jobs", StreamOptions::default()).await.unwrap();
+    let keep = ConsumerOptions::default().completed_retention(Duration::from_secs(3600));
+    create_consumer(&db.pool, "jobs", "c", keep.clone()).await.unwrap();
+    create_consumer(&db.pool, "jobs", "queued", keep).await.unwrap();
+    let h = sub(
+        &db.pool,
+        Subscription::new("jobs", "c").poll_interval(Duration::from_millis(100)),
+        |_msg: Message<Value>| async { Ok::<_, HandlerError>(()) },
+    )
+    .await
+    .unwrap();
+    publish_batch(&db.pool, "jobs", (1..=50).map(job)).await.unwrap();
+    wait_until(WAIT, "50 completed", || async {
+        count(&db, "SELECT count(*) FROM sluice.tasks WHERE state = 'completed'").await == 50
+    })
+    .await;
+    h.shutdown(Duration::from_secs(5)).await;
+    // The other consumer's tasks are materialized as available by a refill.
+    sqlx::query("SELECT * FROM sluice.refill((SELECT id FROM sluice.consumers WHERE name = 'queued'), 1000)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // And one written by hand, without it.
+    sqlx::query(
+        "DELETE FROM sluice.tasks WHERE consumer_id = (SELECT id FROM sluice.consumers WHERE name = 'queued')
+           AND event_id = (SELECT min(id) FROM sluice.events)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO sluice.tasks (consumer_id, event_id, position)
+         SELECT c.id, e.id, e.id FROM sluice.consumers c, sluice.events e
+         WHERE c.name = 'queued' AND e.id = (SELECT min(id) FROM sluice.events)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM sluice.tasks").await, 100);
+    let wrong = count(
+        &db,
+        "SELECT count(*) FROM sluice.tasks t JOIN sluice.events e ON e.id = t.event_id
+         WHERE t.event_txid IS DISTINCT FROM e.txid",
+    )
+    .await;
+    assert_eq!(wrong, 0);
+}

@@ -1,5 +1,5 @@
--- revision: 1
--- requires: 2
+-- revision: 2
+-- requires: 4
 --
 -- sluice.fetch_v2: the subscriber's one round trip. Moves consumer
 -- p_consumer's position forward and claims up to p_limit tasks for worker
@@ -8,8 +8,9 @@
 -- Applied by the migration runner whenever this file changes, unless a newer
 -- revision (above) is applied: a released change raises the revision. A change of
 -- signature or meaning gets a new name (fetch_v3), so that old and new
--- workers can run side by side during a deploy. It needs migration 2 (lease
--- tokens) and is dropped when that is reverted.
+-- workers can run side by side during a deploy. It needs migrations 2 (lease
+-- tokens) and 4 (tasks name their event's txid), and is dropped when either
+-- is reverted.
 --
 -- The window is every event whose transaction is visible in the current
 -- snapshot but was not in the stored position. Only transactions in progress
@@ -189,9 +190,9 @@ BEGIN
                 LIMIT v_scan
             ),
             ins AS (
-                INSERT INTO sluice.tasks AS t (consumer_id, event_id, state, priority, schedule_at, position,
-                                               attempt, worker_id, lease_until, lease_token)
-                SELECT c.id, m.id, m.state, m.priority,
+                INSERT INTO sluice.tasks AS t (consumer_id, event_id, event_txid, state, priority, schedule_at,
+                                               position, attempt, worker_id, lease_until, lease_token)
+                SELECT c.id, m.id, m.txid, m.state, m.priority,
                        CASE WHEN m.state = 'scheduled' THEN m.deliver_at END,
                        m.id,
                        CASE WHEN m.state = 'running' THEN 1 ELSE 0 END,
@@ -202,7 +203,7 @@ BEGIN
                     -- The best v_want of the chunk (within the byte budget)
                     -- go to the caller at once, as the claim would have
                     -- picked them; the rest queue up.
-                    SELECT w.id, w.priority, w.deliver_at,
+                    SELECT w.id, w.txid, w.priority, w.deliver_at,
                            CASE WHEN w.deliver_at > now() THEN 'scheduled'
                                 WHEN v_hungry
                                      AND row_number() OVER best <= v_want
@@ -222,9 +223,9 @@ BEGIN
                 SET state = excluded.state, priority = excluded.priority, schedule_at = excluded.schedule_at,
                     position = excluded.position, attempt = excluded.attempt, worker_id = excluded.worker_id,
                     lease_until = excluded.lease_until, lease_token = excluded.lease_token,
-                    errors = '[]', created_at = now(), finished_at = NULL
+                    event_txid = excluded.event_txid, errors = '[]', created_at = now(), finished_at = NULL
                 WHERE t.state = 'completed'
-                RETURNING t.event_id, t.state, t.attempt, t.priority, t.position, t.lease_token
+                RETURNING t.event_id, t.event_txid, t.state, t.attempt, t.priority, t.position, t.lease_token
             ),
             leased AS (
                 -- By primary key: the estimates of these CTEs are too rough for a
@@ -232,7 +233,7 @@ BEGIN
                 SELECT ROW(i.event_id, i.lease_token, i.attempt, i.priority, i.position, e.subject,
                            e.payload::text, e.metadata::text, e.key, e.created_at)::sluice.claimed_task AS task,
                        pg_column_size(e.payload) AS size
-                FROM ins i JOIN sluice.events e ON e.id = i.event_id
+                FROM ins i JOIN sluice.events e ON e.txid = i.event_txid AND e.id = i.event_id
                 WHERE i.state = 'running'
             ),
             last AS (
@@ -302,7 +303,7 @@ BEGIN
                    coalesce(pg_column_size(e.payload), 0) AS size, e.subject, e.payload::text AS payload,
                    e.metadata::text AS metadata, e.key, e.created_at
             FROM sluice.tasks t
-            LEFT JOIN sluice.events e ON e.id = t.event_id
+            LEFT JOIN sluice.events e ON e.txid = t.event_txid AND e.id = t.event_id
             WHERE t.consumer_id = p_consumer AND t.state = 'available'
             ORDER BY t.priority DESC, t.position
             LIMIT p_limit - cardinality(v_leased)

@@ -621,7 +621,7 @@ pub async fn reset_position(pool: &PgPool, stream: &str, consumer: &str, to: Rep
         }
         Replay::Now => ("now", None, None),
     };
-    let moved: Option<(i32, i64, i64)> = sqlx::query_as(sql::CONSUMER_RESET)
+    let moved: Option<(i32, i64, i64, i64)> = sqlx::query_as(sql::CONSUMER_RESET)
         .bind(stream)
         .bind(consumer)
         .bind(kind)
@@ -631,7 +631,7 @@ pub async fn reset_position(pool: &PgPool, stream: &str, consumer: &str, to: Rep
         .await
         .map_err(Error::db)?;
     match moved {
-        Some((_, adopted, _)) => {
+        Some((_, adopted, _, _)) => {
             tracing::info!(stream, consumer, ?to, adopted, "consumer position reset");
             Ok(())
         }

@@ -20,7 +20,16 @@ adopted AS (
     SET txid = pg_current_xact_id()
     FROM target t
     WHERE e.stream_id = t.stream_id AND e.txid >= pg_snapshot_xmax(pg_current_snapshot())
-    RETURNING e.id
+    RETURNING e.id, e.txid
+),
+readopted AS (
+    -- Their tasks follow them.
+    UPDATE sluice.tasks t
+    SET event_txid = a.txid
+    FROM adopted a, target g
+    WHERE t.consumer_id IN (SELECT c.id FROM sluice.consumers c WHERE c.stream_id = g.stream_id)
+      AND t.event_id = a.id
+    RETURNING 1
 ),
 moved AS (
     UPDATE sluice.consumers c
@@ -41,4 +50,6 @@ moved AS (
 woken AS (
     SELECT pg_notify('sluice.' || m.stream_id, '') FROM moved m
 )
-SELECT m.id, (SELECT count(*) FROM adopted) AS adopted, (SELECT count(*) FROM woken) AS woken FROM moved m
+SELECT m.id, (SELECT count(*) FROM adopted) AS adopted, (SELECT count(*) FROM woken) AS woken,
+       (SELECT count(*) FROM readopted) AS readopted
+FROM moved m

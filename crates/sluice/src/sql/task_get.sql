@@ -4,5 +4,5 @@ SELECT t.event_id, t.state::text AS state, t.priority, t.attempt, t.schedule_at,
 FROM sluice.tasks t
 JOIN sluice.consumers c ON c.id = t.consumer_id
 JOIN sluice.streams s ON s.id = c.stream_id
-JOIN sluice.events e ON e.id = t.event_id
+JOIN sluice.events e ON e.txid = t.event_txid AND e.id = t.event_id
 WHERE s.name = $1 AND c.name = $2 AND t.event_id = $3
