@@ -113,15 +113,29 @@ async fn schema_exists(pool: &PgPool) -> bool {
 
 async fn sluice_tables(pool: &PgPool) -> Vec<String> {
     sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'sluice' ORDER BY 1",
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = 'sluice' AND table_name !~ '^events_[1-9][0-9]*$' ORDER BY 1",
     )
     .fetch_all(pool)
     .await
     .unwrap()
 }
 
-const TABLES: [&str; 8] =
-    ["_functions", "_migrations", "consumers", "events", "streams", "task_log", "tasks", "workers"];
+/// Right after migrating (partitions made ahead, `events_<txid>`, left out).
+const TABLES: [&str; 12] = [
+    "_functions",
+    "_migrations",
+    "consumers",
+    "event_partitioning",
+    "event_partitions",
+    "events",
+    "events_0",
+    "events_default",
+    "streams",
+    "task_log",
+    "tasks",
+    "workers",
+];
 
 /// The line of `migrate status` for one version, split on whitespace.
 fn status_line(stdout: &str, version: i64) -> Vec<String> {

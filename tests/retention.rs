@@ -166,7 +166,10 @@ async fn storage_stats_show_every_table_its_rows_dead_rows_and_size() {
     let stats = sluice::storage_stats(&db.pool).await.unwrap();
     assert_eq!(stats.autovacuum, autovacuum == "on");
     let names: Vec<&str> = stats.tables.iter().map(|t| t.table_name.as_str()).collect();
-    assert_eq!(names, ["consumers", "events", "streams", "task_log", "tasks", "workers"]);
+    assert_eq!(
+        names,
+        ["consumers", "event_partitioning", "event_partitions", "events", "streams", "task_log", "tasks", "workers"]
+    );
 }
 
 /// Tasks name their event's transaction id (for the partitioned events to

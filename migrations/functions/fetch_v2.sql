@@ -1,4 +1,4 @@
--- revision: 2
+-- revision: 3
 -- requires: 4
 --
 -- sluice.fetch_v2: the subscriber's one round trip. Moves consumer
@@ -62,6 +62,7 @@ DECLARE
     v_end          pg_snapshot;
     v_xip          xid8[];
     v_from         xid8;
+    v_lo           xid8;
     v_hungry       boolean := false;
     v_cut_txid     xid8;
     v_cut_id       bigint;
@@ -136,6 +137,7 @@ BEGIN
         LOOP
             v_pass := v_pass + 1;
             v_from := greatest(pg_snapshot_xmax(c.position), v_wtxid);
+            v_lo := least(v_from, (SELECT min(x) FROM unnest(v_xip) AS x));
             v_cut_txid := NULL;
             v_cut_id := NULL;
             IF v_pass = 2 THEN
@@ -235,6 +237,10 @@ BEGIN
                        pg_column_size(e.payload) AS size
                 FROM ins i JOIN sluice.events e ON e.txid = i.event_txid AND e.id = i.event_id
                 WHERE i.state = 'running'
+                  -- The window's bounds, known when the statement is planned:
+                  -- the plan reads the window's partitions only, instead of
+                  -- choosing a partition again for every row.
+                  AND e.txid >= v_lo AND e.txid < pg_snapshot_xmax(v_end)
             ),
             last AS (
                 SELECT w.txid, w.id FROM win w ORDER BY w.txid DESC, w.id DESC LIMIT 1

@@ -21,7 +21,13 @@ static EMBEDDED: Migrator = sqlx::migrate!("../../migrations");
 /// header line `-- revision: N`): an older build that migrates during a
 /// rolling deploy never puts an older body back. A change of signature or meaning gets a
 /// new name (`fetch_v3`), so old and new workers can run side by side.
-const FUNCTIONS: &[Function] = &[Function::new("fetch_v2", include_str!("../../../migrations/functions/fetch_v2.sql"))];
+const FUNCTIONS: &[Function] = &[
+    Function::new("fetch_v2", include_str!("../../../migrations/functions/fetch_v2.sql")),
+    Function::new(
+        "maintain_event_partitions",
+        include_str!("../../../migrations/functions/maintain_event_partitions.sql"),
+    ),
+];
 
 /// A file of `migrations/functions/`: the function it defines, its text,
 /// its revision, and the newest migration it needs (`-- requires: N`):

@@ -9,6 +9,7 @@ pub(crate) const CONSUMER_UPDATE: &str = include_str!("sql/consumer_update.sql")
 pub(crate) const CONSUMER_RESET: &str = include_str!("sql/consumer_reset.sql");
 pub(crate) const CONSUMER_LOOKUP: &str = include_str!("sql/consumer_lookup.sql");
 pub(crate) const DEFER: &str = include_str!("sql/defer.sql");
+pub(crate) const EVENT_PARTITIONS: &str = include_str!("sql/event_partitions.sql");
 pub(crate) const FAIL: &str = include_str!("sql/fail.sql");
 pub(crate) const FETCH: &str = include_str!("sql/fetch.sql");
 pub(crate) const HEARTBEAT: &str = include_str!("sql/heartbeat.sql");

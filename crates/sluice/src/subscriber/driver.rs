@@ -83,6 +83,10 @@ where
         let mut errors = ErrorBackoff::new();
         let mut next_tick = Instant::now() + self.sub.poll_interval;
         let mut next_maintenance = Instant::now();
+        // When a task this worker scheduled falls due: kept apart from the
+        // tick, so that a housekeeping run already under way (whose reading
+        // may predate the scheduling) cannot overwrite it.
+        let mut due_at: Option<Instant> = None;
         // At most one fetch runs at a time, beside the handlers: while it
         // waits on the database, handlers keep starting from the buffer.
         let mut fetching: Option<JoinHandle<Result<Fetched, FetchError>>> = None;
@@ -99,13 +103,17 @@ where
                 break;
             }
             if let Some(due) = shared.take_due() {
-                next_maintenance = next_maintenance.min(due);
+                due_at = Some(due_at.map_or(due, |d| d.min(due)));
             }
+            let next_run = due_at.map_or(next_maintenance, |d| d.min(next_maintenance));
             let now = Instant::now();
             let db_ok = pause_until.is_none_or(|t| now >= t);
             // Housekeeping runs beside the handlers too, one run at a time: a
             // slow run (a lock, stale statistics) must not stall handling.
-            if maintaining.is_none() && db_ok && now >= next_maintenance {
+            if maintaining.is_none() && db_ok && now >= next_run {
+                if due_at.is_some_and(|d| d <= now) {
+                    due_at = None;
+                }
                 let shared = shared.clone();
                 let run = async move { maintenance::run_once(&shared).await };
                 maintaining = Some(tokio::spawn(run.in_current_span()));
@@ -194,7 +202,7 @@ where
                     next_tick = Instant::now() + self.sub.poll_interval;
                 }
                 _ = sleep_until(pause), if pause_until.is_some() => { pause_until = None; }
-                _ = sleep_until(next_maintenance), if pause_until.is_none() && maintaining.is_none() => {}
+                _ = sleep_until(next_run), if pause_until.is_none() && maintaining.is_none() => {}
             }
         }
 

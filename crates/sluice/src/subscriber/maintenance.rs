@@ -2,7 +2,8 @@
 //! the scheduler (due scheduled tasks become available), the rescuer (tasks
 //! of dead workers and of ended leases come back) and the cleaner
 //! (completed tasks, dead letters and audit-log entries past their
-//! retention). See `maintain.sql`.
+//! retention), see `maintain.sql`; and the events' partitions, created ahead
+//! and dropped past retention (`maintain_event_partitions`).
 
 use std::time::Duration;
 
@@ -37,6 +38,23 @@ pub(crate) async fn run_once(shared: &Shared) -> Result<Maintained, sqlx::Error>
     }
     if promoted > 0 || purged > 0 || log_purged > 0 {
         debug!(promoted, purged, log_purged, "housekeeping");
+    }
+    // The events' partitions are the whole database's, not the consumer's:
+    // the function runs every few seconds at most, one session at a time.
+    // Its failure is logged and tried again at the next run: it must not
+    // cost the consumer's own housekeeping (the wake-up for due tasks).
+    let partitions: Result<(i32, i32), sqlx::Error> = timed(
+        shared.db_timeout,
+        "maintaining event partitions",
+        sqlx::query_as(sql::EVENT_PARTITIONS).fetch_one(&shared.pool),
+    )
+    .await;
+    match partitions {
+        Ok((created, dropped)) if created > 0 || dropped > 0 => {
+            info!(created, dropped, "event partitions created ahead and dropped past retention");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "maintaining event partitions failed; trying again at the next run"),
     }
     shared.emit(SubscriberEvent::Maintained {
         promoted: promoted as u64,
