@@ -1,4 +1,4 @@
--- revision: 1
+-- revision: 2
 -- requires: 5
 --
 -- sluice.maintain_event_partitions: keeps sluice.events partitioned by
@@ -20,13 +20,15 @@
 --
 -- SECURITY DEFINER: creating and dropping partitions needs the table owner's
 -- rights, which a least-privilege worker role does not have. It takes no
--- input, and its search path is fixed. A lock it cannot have within 2 s is
--- left for the next run instead of holding publishers up.
+-- input, and its search path is fixed. A lock it cannot have within 100 ms
+-- is left for the next run: while it waits, publishers and refills queue
+-- behind it, so it must not wait long (autovacuum on a partition is the
+-- usual holder).
 CREATE OR REPLACE FUNCTION sluice.maintain_event_partitions(OUT created integer, OUT dropped integer)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET lock_timeout = '2s'
+SET lock_timeout = '100ms'
 AS $$
 DECLARE
     v_span     bigint;
@@ -71,7 +73,8 @@ BEGIN
         -- Publishers lock sluice.streams (their stream's row, and the events'
         -- foreign key), then sluice.events, then a partition: so does this,
         -- since partition DDL changes the foreign key's triggers on streams,
-        -- or the two could deadlock. They wait the few milliseconds it takes.
+        -- or the two could deadlock. They wait the few milliseconds it takes,
+        -- at most the lock timeout.
         LOCK TABLE sluice.streams, sluice.events IN ACCESS EXCLUSIVE MODE;
 
         -- Rows beyond every range partition: give them one of their own.

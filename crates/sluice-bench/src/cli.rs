@@ -166,6 +166,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub soak_ahead: Option<u64>,
 
+    /// Event retention of every stream the bench creates, in seconds [default: the library's, 7 days].
+    #[arg(long, value_name = "SECS")]
+    pub event_retention_secs: Option<u64>,
+
+    /// Transaction ids per partition of sluice.events, maintained every second, in every bench
+    /// database [default: the library's, 1,000,000, every 5 s]. Small values show retention at work.
+    #[arg(long, value_name = "TXIDS")]
+    pub partition_span: Option<i64>,
+
     /// pinned: events drained in each phase [default: 100000; smoke 3000].
     #[arg(long)]
     pub pinned_n: Option<u64>,
@@ -281,6 +290,8 @@ pub struct Params {
     pub soak_n: u64,
     pub soak_window: u64,
     pub soak_ahead: u64,
+    pub event_retention_secs: Option<u64>,
+    pub partition_span: Option<i64>,
     pub pinned_n: u64,
     pub vacuum_after_pin: bool,
     pub scale_n: u64,
@@ -325,6 +336,8 @@ impl BenchArgs {
             soak_n: pick(self.soak_n, 1_000_000, 20_000),
             soak_window: pick(self.soak_window, 100_000, 2_000),
             soak_ahead: pick(self.soak_ahead, 200_000, 5_000),
+            event_retention_secs: self.event_retention_secs,
+            partition_span: self.partition_span,
             pinned_n: pick(self.pinned_n, 100_000, 3_000),
             vacuum_after_pin: !self.no_vacuum,
             scale_n: pick(self.scale_n, 100_000, 3_000),

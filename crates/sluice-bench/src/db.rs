@@ -61,7 +61,31 @@ impl BenchDb {
         admin.close().await.ok();
         let db = BenchDb { options: server.clone().database(&name), server: server.clone(), name };
         let pool = db.pool(2).await?;
-        let migrated = sluice::migrate(&pool).await.context("running Sluice's migrations");
+        let mut migrated = sluice::migrate(&pool).await.context("running Sluice's migrations").map(|_| ());
+        if let (Ok(()), Some(span)) = (&migrated, crate::work::STORAGE.get().and_then(|s| s.1)) {
+            // Small partitions from now on: the empty one the migration made
+            // ahead (a million transaction ids) goes.
+            migrated = sqlx::query("UPDATE sluice.event_partitioning SET span = $1, every = '1 second'")
+                .bind(span)
+                .execute(&pool)
+                .await
+                .map(|_| ())
+                .context("setting the partition span");
+            if migrated.is_ok() {
+                migrated = sqlx::raw_sql(
+                    "DO $$ DECLARE p text; BEGIN
+                         FOR p IN SELECT name FROM sluice.event_partitions WHERE name <> 'events_0' LOOP
+                             EXECUTE format('DROP TABLE sluice.%I', p);
+                             DELETE FROM sluice.event_partitions WHERE name = p;
+                         END LOOP;
+                     END $$",
+                )
+                .execute(&pool)
+                .await
+                .map(|_| ())
+                .context("dropping the empty partition made ahead");
+            }
+        }
         pool.close().await;
         if let Err(e) = migrated {
             db.drop_database().await.ok();

@@ -47,9 +47,16 @@ pub fn pool_size(subscribers: usize) -> u32 {
     (subscribers * 4 + 4) as u32
 }
 
+/// `--event-retention-secs` and `--partition-span`, set once by the run.
+pub static STORAGE: std::sync::OnceLock<(Option<u64>, Option<i64>)> = std::sync::OnceLock::new();
+
 /// Creates a stream and consumers of it that start at the beginning.
 pub async fn stream_with_consumers(pool: &PgPool, stream: &str, consumers: &[&str]) -> anyhow::Result<()> {
-    sluice::create_stream(pool, stream, StreamOptions::default()).await?;
+    let mut options = StreamOptions::default();
+    if let Some(secs) = STORAGE.get().and_then(|s| s.0) {
+        options = options.event_retention(std::time::Duration::from_secs(secs));
+    }
+    sluice::create_stream(pool, stream, options).await?;
     for c in consumers {
         sluice::create_consumer(pool, stream, c, ConsumerOptions::default().start(Start::Beginning)).await?;
     }
