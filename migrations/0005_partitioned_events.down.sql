@@ -30,35 +30,10 @@ SELECT id, stream_id, txid, subject, payload, metadata, key, priority, deliver_a
 FROM sluice.events_partitioned;
 SELECT setval('sluice.event_id_unpartitioned', last_value, is_called) FROM sluice.event_id;
 
-DO $$
-DECLARE
-    g record;
-BEGIN
-    FOR g IN SELECT grantee, privilege_type FROM information_schema.role_table_grants
-             WHERE table_schema = 'sluice' AND table_name = 'events_partitioned' AND grantee <> current_user
-    LOOP
-        EXECUTE format('GRANT %s ON sluice.events TO %I', g.privilege_type, g.grantee);
-    END LOOP;
-    FOR g IN SELECT grantee, privilege_type, column_name FROM information_schema.column_privileges
-             WHERE table_schema = 'sluice' AND table_name = 'events_partitioned' AND grantee <> current_user
-    LOOP
-        EXECUTE format('GRANT %s (%I) ON sluice.events TO %I', g.privilege_type, g.column_name, g.grantee);
-    END LOOP;
-    FOR g IN SELECT * FROM pg_policies WHERE schemaname = 'sluice' AND tablename = 'events_partitioned'
-    LOOP
-        EXECUTE format('CREATE POLICY %I ON sluice.events AS %s FOR %s TO %s%s%s',
-                       g.policyname, g.permissive, g.cmd,
-                       (SELECT string_agg(quote_ident(r), ', ') FROM unnest(g.roles) AS r),
-                       CASE WHEN g.qual IS NOT NULL THEN ' USING (' || g.qual || ')' ELSE '' END,
-                       CASE WHEN g.with_check IS NOT NULL THEN ' WITH CHECK (' || g.with_check || ')' ELSE '' END);
-    END LOOP;
-    IF (SELECT relrowsecurity FROM pg_class WHERE oid = 'sluice.events_partitioned'::regclass) THEN
-        ALTER TABLE sluice.events ENABLE ROW LEVEL SECURITY;
-    END IF;
-END;
-$$;
+SELECT sluice.copy_table_access('sluice.events_partitioned', 'sluice.events');
 
 DROP TABLE sluice.events_partitioned;
 ALTER SEQUENCE sluice.event_id_unpartitioned RENAME TO event_id;
 DROP TABLE sluice.event_partitioning;
 DROP TABLE sluice.event_partitions;
+DROP FUNCTION sluice.copy_table_access(regclass, regclass);

@@ -89,34 +89,43 @@ FROM sluice.events_unpartitioned;
 -- The same numbering goes on: ids and queue positions come from one sequence.
 SELECT setval('sluice.event_id_partitioned', last_value, is_called) FROM sluice.event_id;
 
--- What was granted on the old table, and its row-level security.
-DO $$
+-- Gives table dst what was granted on table src, its row-level security
+-- policies and whether row-level security is on: a table copied by a
+-- migration keeps the access rules set on the old one. Used by this
+-- migration and its down.
+CREATE FUNCTION sluice.copy_table_access(src regclass, dst regclass) RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
-    g record;
+    g     record;
+    s_ns  name := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = src);
+    s_rel name := (SELECT c.relname FROM pg_class c WHERE c.oid = src);
 BEGIN
     FOR g IN SELECT grantee, privilege_type FROM information_schema.role_table_grants
-             WHERE table_schema = 'sluice' AND table_name = 'events_unpartitioned' AND grantee <> current_user
+             WHERE table_schema = s_ns AND table_name = s_rel AND grantee <> current_user
     LOOP
-        EXECUTE format('GRANT %s ON sluice.events TO %I', g.privilege_type, g.grantee);
+        EXECUTE format('GRANT %s ON %s TO %I', g.privilege_type, dst, g.grantee);
     END LOOP;
     FOR g IN SELECT grantee, privilege_type, column_name FROM information_schema.column_privileges
-             WHERE table_schema = 'sluice' AND table_name = 'events_unpartitioned' AND grantee <> current_user
+             WHERE table_schema = s_ns AND table_name = s_rel AND grantee <> current_user
     LOOP
-        EXECUTE format('GRANT %s (%I) ON sluice.events TO %I', g.privilege_type, g.column_name, g.grantee);
+        EXECUTE format('GRANT %s (%I) ON %s TO %I', g.privilege_type, g.column_name, dst, g.grantee);
     END LOOP;
-    FOR g IN SELECT * FROM pg_policies WHERE schemaname = 'sluice' AND tablename = 'events_unpartitioned'
+    FOR g IN SELECT * FROM pg_policies WHERE schemaname = s_ns AND tablename = s_rel
     LOOP
-        EXECUTE format('CREATE POLICY %I ON sluice.events AS %s FOR %s TO %s%s%s',
-                       g.policyname, g.permissive, g.cmd,
+        EXECUTE format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s',
+                       g.policyname, dst, g.permissive, g.cmd,
                        (SELECT string_agg(quote_ident(r), ', ') FROM unnest(g.roles) AS r),
                        CASE WHEN g.qual IS NOT NULL THEN ' USING (' || g.qual || ')' ELSE '' END,
                        CASE WHEN g.with_check IS NOT NULL THEN ' WITH CHECK (' || g.with_check || ')' ELSE '' END);
     END LOOP;
-    IF (SELECT relrowsecurity FROM pg_class WHERE oid = 'sluice.events_unpartitioned'::regclass) THEN
-        ALTER TABLE sluice.events ENABLE ROW LEVEL SECURITY;
+    IF (SELECT relrowsecurity FROM pg_class WHERE oid = src) THEN
+        EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', dst);
     END IF;
 END;
 $$;
+
+-- What was granted on the old table, and its row-level security.
+SELECT sluice.copy_table_access('sluice.events_unpartitioned', 'sluice.events');
 
 DROP TABLE sluice.events_unpartitioned;
 ALTER SEQUENCE sluice.event_id_partitioned RENAME TO event_id;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Output;
 
 use sqlx::PgPool;
-use support::TestDb;
+use support::{sluice_tables, TestDb, SLUICE_TABLES as TABLES};
 use tokio::process::Command;
 use tokio::sync::OnceCell;
 
@@ -110,32 +110,6 @@ async fn schema_exists(pool: &PgPool) -> bool {
         .await
         .unwrap()
 }
-
-async fn sluice_tables(pool: &PgPool) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables
-         WHERE table_schema = 'sluice' AND table_name !~ '^events_[1-9][0-9]*$' ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap()
-}
-
-/// Right after migrating (partitions made ahead, `events_<txid>`, left out).
-const TABLES: [&str; 12] = [
-    "_functions",
-    "_migrations",
-    "consumers",
-    "event_partitioning",
-    "event_partitions",
-    "events",
-    "events_0",
-    "events_default",
-    "streams",
-    "task_log",
-    "tasks",
-    "workers",
-];
 
 /// The line of `migrate status` for one version, split on whitespace.
 fn status_line(stdout: &str, version: i64) -> Vec<String> {

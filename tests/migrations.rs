@@ -8,25 +8,11 @@
 use std::path::{Path, PathBuf};
 
 use sqlx::PgPool;
-use support::TestDb;
+use support::{sluice_tables as tables, TestDb, SLUICE_TABLES as TABLES};
 
-/// Right after migrating (partitions made ahead, `events_<txid>`, left out).
-const TABLES: [&str; 12] = [
-    "_functions",
-    "_migrations",
-    "consumers",
-    "event_partitioning",
-    "event_partitions",
-    "events",
-    "events_0",
-    "events_default",
-    "streams",
-    "task_log",
-    "tasks",
-    "workers",
-];
 const TYPES: [&str; 3] = ["task_action", "task_state", "worker_status"];
-const FUNCTIONS: [&str; 10] = [
+const FUNCTIONS: [&str; 11] = [
+    "copy_table_access",
     "delete_consumer_tasks",
     "fetch",
     "fetch_v2",
@@ -43,18 +29,6 @@ const SEQUENCES: [&str; 1] = ["lease_token"];
 /// Names of one kind of object in schema `sluice`, sorted.
 async fn names(pool: &PgPool, sql: &str) -> Vec<String> {
     sqlx::query_scalar(sql).fetch_all(pool).await.expect("catalog query")
-}
-
-async fn tables(pool: &PgPool) -> Vec<String> {
-    names(
-        pool,
-        "SELECT table_name::text FROM information_schema.tables
-         WHERE table_schema = 'sluice' AND table_type = 'BASE TABLE'
-           -- Partitions made ahead are named after where they start.
-           AND table_name !~ '^events_[1-9][0-9]*$'
-         ORDER BY 1",
-    )
-    .await
 }
 
 async fn types(pool: &PgPool) -> Vec<String> {

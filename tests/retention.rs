@@ -22,6 +22,17 @@ async fn count(db: &TestDb, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap()
 }
 
+/// Every handler call acks its task.
+async fn acking_subscriber(db: &TestDb) -> sluice::SubscriberHandle {
+    sub(
+        &db.pool,
+        Subscription::new("jobs", "c").poll_interval(Duration::from_millis(100)),
+        |_msg: Message<Value>| async { Ok::<_, HandlerError>(()) },
+    )
+    .await
+    .unwrap()
+}
+
 /// Every handler call dead-letters its task (with a log entry).
 async fn discarding_subscriber(db: &TestDb) -> sluice::SubscriberHandle {
     sub(
@@ -145,13 +156,7 @@ async fn storage_stats_show_every_table_its_rows_dead_rows_and_size() {
     let db = TestDb::new().await;
     create_stream(&db.pool, "jobs", StreamOptions::default()).await.unwrap();
     create_consumer(&db.pool, "jobs", "c", ConsumerOptions::default()).await.unwrap();
-    let h = sub(
-        &db.pool,
-        Subscription::new("jobs", "c").poll_interval(Duration::from_millis(100)),
-        |_msg: Message<Value>| async { Ok::<_, HandlerError>(()) },
-    )
-    .await
-    .unwrap();
+    let h = acking_subscriber(&db).await;
     publish_batch(&db.pool, "jobs", (1..=300).map(job)).await.unwrap();
     wait_until(WAIT, "every task acked", || async { count(&db, "SELECT count(*) FROM sluice.tasks").await == 0 }).await;
     h.shutdown(Duration::from_secs(5)).await;
@@ -182,13 +187,7 @@ async fn every_task_names_its_events_transaction_id() {
     let keep = ConsumerOptions::default().completed_retention(Duration::from_secs(3600));
     create_consumer(&db.pool, "jobs", "c", keep.clone()).await.unwrap();
     create_consumer(&db.pool, "jobs", "queued", keep).await.unwrap();
-    let h = sub(
-        &db.pool,
-        Subscription::new("jobs", "c").poll_interval(Duration::from_millis(100)),
-        |_msg: Message<Value>| async { Ok::<_, HandlerError>(()) },
-    )
-    .await
-    .unwrap();
+    let h = acking_subscriber(&db).await;
     publish_batch(&db.pool, "jobs", (1..=50).map(job)).await.unwrap();
     wait_until(WAIT, "50 completed", || async {
         count(&db, "SELECT count(*) FROM sluice.tasks WHERE state = 'completed'").await == 50

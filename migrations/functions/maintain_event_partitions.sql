@@ -1,4 +1,4 @@
--- revision: 2
+-- revision: 3
 -- requires: 5
 --
 -- sluice.maintain_event_partitions: keeps sluice.events partitioned by
@@ -34,6 +34,7 @@ DECLARE
     v_span     bigint;
     v_next     bigint;
     v_top      bigint;
+    v_hi       bigint;
     v_max      bigint;
     v_name     text;
     v_keep     interval;
@@ -91,23 +92,16 @@ BEGIN
             v_top := v_max + 1;
             created := created + 1;
         END IF;
-        -- A gap left by a long pause: one partition up to the present.
-        IF v_top < v_next THEN
-            v_name := 'events_' || v_top;
-            EXECUTE format('CREATE TABLE sluice.%I PARTITION OF sluice.events FOR VALUES FROM (%L) TO (%L)',
-                           v_name, v_top, v_next + v_span);
-            INSERT INTO sluice.event_partitions (name, lo, hi)
-            VALUES (v_name, v_top::text::xid8, (v_next + v_span)::text::xid8);
-            v_top := v_next + v_span;
-            created := created + 1;
-        END IF;
+        -- Two spans ahead of the next transaction id. After a long pause the
+        -- first one also covers the gap up to the present.
         WHILE v_top < v_next + 2 * v_span LOOP
+            v_hi := greatest(v_top, v_next) + v_span;
             v_name := 'events_' || v_top;
             EXECUTE format('CREATE TABLE sluice.%I PARTITION OF sluice.events FOR VALUES FROM (%L) TO (%L)',
-                           v_name, v_top, v_top + v_span);
+                           v_name, v_top, v_hi);
             INSERT INTO sluice.event_partitions (name, lo, hi)
-            VALUES (v_name, v_top::text::xid8, (v_top + v_span)::text::xid8);
-            v_top := v_top + v_span;
+            VALUES (v_name, v_top::text::xid8, v_hi::text::xid8);
+            v_top := v_hi;
             created := created + 1;
         END LOOP;
 

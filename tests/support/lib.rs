@@ -176,6 +176,37 @@ where
     }
 }
 
+/// Sluice's tables right after migrating (partitions made ahead of the
+/// next transaction id, `events_<txid>`, left out), as [`sluice_tables`] lists them.
+pub const SLUICE_TABLES: [&str; 12] = [
+    "_functions",
+    "_migrations",
+    "consumers",
+    "event_partitioning",
+    "event_partitions",
+    "events",
+    "events_0",
+    "events_default",
+    "streams",
+    "task_log",
+    "tasks",
+    "workers",
+];
+
+/// The tables in schema `sluice`, sorted, but the partitions made ahead
+/// (named after the transaction id where they start).
+pub async fn sluice_tables(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = 'sluice' AND table_type = 'BASE TABLE'
+           AND table_name !~ '^events_[1-9][0-9]*$'
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("list Sluice's tables")
+}
+
 /// Tasks of a consumer by state, as `(state, count)` sorted by state.
 pub async fn task_states(pool: &PgPool, consumer: &str) -> Vec<(String, i64)> {
     sqlx::query_as(
