@@ -1,4 +1,4 @@
--- revision: 4
+-- revision: 5
 -- requires: 4
 --
 -- sluice.fetch_v2: the subscriber's one round trip. Moves consumer
@@ -118,9 +118,15 @@ BEGIN
 
         v_paused := c.paused;
         v_end := coalesce(c.window_end, v_now);
-        v_xip := ARRAY(SELECT pg_snapshot_xip(c.position));
         v_wtxid := coalesce(c.window_txid, '0'::xid8);
         v_wid := coalesce(c.window_id, 0);
+        -- The transactions in progress at the position that the window has
+        -- not passed yet. One it has passed (a long transaction that pins
+        -- the xmin, say) cannot hold events after (v_wtxid, v_wid), and left
+        -- in, its txid = ANY with the row comparison below made the scan
+        -- read every event after the window's progress (167 ms a call, for
+        -- no row, under a pinned xmin with a backlog).
+        v_xip := ARRAY(SELECT x FROM pg_snapshot_xip(c.position) AS x WHERE x >= v_wtxid);
         v_hungry := p_worker IS NOT NULL AND p_limit > 0 AND NOT c.paused
                     AND NOT EXISTS (SELECT 1 FROM sluice.tasks t
                                     WHERE t.consumer_id = p_consumer AND t.state = 'available');
@@ -140,6 +146,9 @@ BEGIN
 
         LOOP
             v_pass := v_pass + 1;
+            IF v_pass > 1 THEN
+                v_xip := ARRAY(SELECT x FROM unnest(v_xip) AS x WHERE x >= v_wtxid);
+            END IF;
             v_from := greatest(pg_snapshot_xmax(c.position), v_wtxid);
             v_lo := least(v_from, (SELECT min(x) FROM unnest(v_xip) AS x));
             v_cut_txid := NULL;

@@ -1,0 +1,147 @@
+//! Under a pinned xmin horizon (issue 10's pressure tests): a long
+//! transaction keeps every dead row and old snapshot entry alive, and the
+//! refill and the ack must still read what they need, not what the pin keeps.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sluice::{create_consumer, create_stream, publish_batch, ConsumerOptions, NewEvent, StreamOptions};
+use sqlx::{Connection as _, PgConnection};
+use support::TestDb;
+
+fn batch(from: i64, n: i64) -> Vec<NewEvent> {
+    (from..from + n).map(|i| NewEvent::new("jobs.run", &json!({ "n": i })).unwrap()).collect()
+}
+
+/// A long transaction with a transaction id, left open: the pin.
+async fn pin(db: &TestDb) -> PgConnection {
+    let mut pin = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT pg_current_xact_id();").execute(&mut pin).await.unwrap();
+    pin
+}
+
+/// One hungry refill of `limit` tasks for consumer `c`, on a new
+/// connection, and the index blocks it read from the events' partitions.
+async fn refill(db: &TestDb, limit: i32) -> (i64, i64) {
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let leased: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sluice.fetch_v2(
+             (SELECT id FROM sluice.consumers WHERE name = 'c'), gen_random_uuid(), '30 s', $1, 10000, true,
+             100000000)
+         WHERE event_id IS NOT NULL",
+    )
+    .bind(limit)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let blocks: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(pg_stat_get_xact_blocks_fetched(i.indexrelid)), 0)::bigint
+         FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+         WHERE n.nspname = 'sluice' AND t.relname LIKE 'events%'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    (leased, blocks)
+}
+
+/// A transaction that was open at the consumer's position and that the
+/// window has passed cannot hold later events. Looking for its events
+/// anyway, with the window's progress as a row comparison, read every event
+/// after that progress: 167 ms a refill, for no row, with a backlog.
+#[tokio::test]
+async fn a_refill_past_a_long_transaction_reads_its_window_not_the_backlog_after_it() {
+    let db = TestDb::new().await;
+    create_stream(&db.pool, "jobs", StreamOptions::default()).await.unwrap();
+    let mut pinned = pin(&db).await;
+    create_consumer(&db.pool, "jobs", "c", ConsumerOptions::default()).await.unwrap();
+    // A refill that gets to the end of its window stores the snapshot it
+    // read as the position: the pin is among its transactions in progress.
+    publish_batch(&db.pool, "jobs", batch(0, 10)).await.unwrap();
+    assert_eq!(refill(&db, 100).await.0, 10);
+    // And another stream's events beside them, so that the stream alone
+    // is not what the planner narrows the search by.
+    create_stream(&db.pool, "other", StreamOptions::default()).await.unwrap();
+    for b in 1..=100 {
+        publish_batch(&db.pool, "jobs", batch(b * 1_000, 1_000)).await.unwrap();
+        publish_batch(&db.pool, "other", batch(b * 1_000, 1_000)).await.unwrap();
+    }
+    // The first refill opens the window and leases the first 10,000.
+    assert_eq!(refill(&db, 10_000).await.0, 10_000);
+    // The next continues it, far past the pin's transaction id, with the
+    // statistics autovacuum would have gathered by then.
+    sqlx::query("ANALYZE sluice.events").execute(&db.pool).await.unwrap();
+    let (leased, blocks) = refill(&db, 1).await;
+    assert_eq!(leased, 1);
+    // One event in the window, one looked up: 33 index blocks here, where
+    // reading the events after the window's progress took 108.
+    assert!(blocks <= 60, "{blocks} index blocks read for {leased} task");
+    sqlx::raw_sql("ROLLBACK").execute(&mut pinned).await.unwrap();
+}
+
+/// The ack looks up each acked task by primary key. The partial index of
+/// running tasks fills with dead entries under a pin (every acked task
+/// leaves one), and the statistics know nothing of them: planned on it, a
+/// flush of 1,344 acks read 659,493 entries (185 ms) during the pressure
+/// benchmark's pin.
+#[tokio::test]
+async fn the_ack_never_scans_the_running_tasks_index() {
+    let db = TestDb::new().await;
+    create_stream(&db.pool, "jobs", StreamOptions::default()).await.unwrap();
+    // Completed tasks kept: a large table with few running tasks, as the
+    // statistics of a table under a pin show it.
+    let keep = ConsumerOptions::default().completed_retention(Duration::from_secs(3600));
+    create_consumer(&db.pool, "jobs", "c", keep).await.unwrap();
+    for b in 0..50 {
+        publish_batch(&db.pool, "jobs", batch(b * 1_000, 1_000)).await.unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO sluice.tasks (consumer_id, event_id, event_txid, state, priority, position, attempt,
+                                   lease_token, finished_at)
+         SELECT c.id, e.id, e.txid, 'completed', 1, e.id, 1, nextval('sluice.lease_token'), now()
+         FROM sluice.events e, sluice.consumers c WHERE c.name = 'c' AND e.id % 50 <> 0",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO sluice.tasks (consumer_id, event_id, event_txid, state, priority, position, attempt,
+                                   worker_id, lease_until, lease_token)
+         SELECT c.id, e.id, e.txid, 'running', 1, e.id, 1, gen_random_uuid(), now() + interval '1 minute',
+                nextval('sluice.lease_token')
+         FROM sluice.events e, sluice.consumers c WHERE c.name = 'c' AND e.id % 50 = 0",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE sluice.tasks").execute(&db.pool).await.unwrap();
+    let (ids, tokens): (Vec<i64>, Vec<i64>) = sqlx::query_as(
+        "SELECT array_agg(event_id ORDER BY event_id), array_agg(lease_token ORDER BY event_id)
+         FROM sluice.tasks WHERE state = 'running'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(ids.len(), 1_000);
+
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut conn).await.unwrap();
+    let ack = include_str!("../crates/sluice/src/sql/ack.sql");
+    sqlx::raw_sql(&format!("PREPARE ack(integer, bigint[], bigint[]) AS {ack}")).execute(&mut conn).await.unwrap();
+    let consumer: i32 =
+        sqlx::query_scalar("SELECT id FROM sluice.consumers WHERE name = 'c'").fetch_one(&mut conn).await.unwrap();
+    let args = format!(
+        "{consumer}, '{{{}}}', '{{{}}}'",
+        ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
+        tokens.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+    );
+    let plan: Vec<String> =
+        sqlx::query_scalar(&format!("EXPLAIN EXECUTE ack({args})")).fetch_all(&mut conn).await.unwrap();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("tasks_lease_idx"), "the ack scans the running tasks' index:\n{plan}");
+    // And it completes every one of them.
+    let acked: Vec<i64> = sqlx::query_scalar(&format!("EXECUTE ack({args})")).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(acked.len(), 1_000);
+}
