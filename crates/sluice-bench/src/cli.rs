@@ -34,6 +34,9 @@ pub enum Command {
 pub enum Scenario {
     /// N events in batches, events/s (1 and more publishers).
     Publish,
+    /// Single-event publishes from many clients at once: commits/s of a plain INSERT, of an
+    /// INSERT with a NOTIFY in every transaction, and of `sluice::publish`.
+    Single,
     /// N published events drained by one consumer, then by 2 consumers (fan-out).
     Drain,
     /// A steady publish rate: publish → handler start, p50/p90/p99/max.
@@ -55,8 +58,9 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const EACH: [Scenario; 8] = [
+    pub const EACH: [Scenario; 9] = [
         Scenario::Publish,
+        Scenario::Single,
         Scenario::Drain,
         Scenario::Latency,
         Scenario::Soak,
@@ -69,6 +73,7 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Publish => "publish",
+            Scenario::Single => "single",
             Scenario::Drain => "drain",
             Scenario::Latency => "latency",
             Scenario::Soak => "soak",
@@ -118,6 +123,14 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub publishers: Vec<usize>,
 
+    /// single: numbers of concurrent clients to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "8,32")]
+    pub single_clients: Vec<usize>,
+
+    /// single: seconds each way (insert, insert + notify, publish) [default: 5; smoke 1].
+    #[arg(long)]
+    pub single_secs: Option<f64>,
+
     /// drain: events published before the subscribers start [default: 100000; smoke 5000; with --peers 20000].
     #[arg(long)]
     pub drain_n: Option<u64>,
@@ -153,6 +166,10 @@ pub struct BenchArgs {
     /// latency: seconds of steady publishing [default: 10; smoke 1].
     #[arg(long)]
     pub duration: Option<f64>,
+
+    /// latency: connections the publish calls share (concurrent publishers).
+    #[arg(long, default_value_t = 8)]
+    pub latency_publishers: u32,
 
     /// soak: tasks through [default: 1000000; smoke 20000].
     #[arg(long)]
@@ -278,6 +295,8 @@ pub struct Params {
     pub publish_n: u64,
     pub batch: usize,
     pub publishers: Vec<usize>,
+    pub single_clients: Vec<usize>,
+    pub single_secs: f64,
     pub drain_n: u64,
     pub workers: usize,
     pub concurrency: usize,
@@ -287,6 +306,7 @@ pub struct Params {
     pub fanout: usize,
     pub rate: u64,
     pub duration_s: f64,
+    pub latency_publishers: u32,
     pub soak_n: u64,
     pub soak_window: u64,
     pub soak_ahead: u64,
@@ -324,6 +344,8 @@ impl BenchArgs {
             publish_n: self.publish_n.or(peers_default).unwrap_or(if smoke { 5_000 } else { 200_000 }),
             batch: self.batch,
             publishers: self.publishers.clone(),
+            single_clients: self.single_clients.clone(),
+            single_secs: self.single_secs.unwrap_or(if smoke { 1.0 } else { 5.0 }),
             drain_n: self.drain_n.or(peers_default).unwrap_or(if smoke { 5_000 } else { 100_000 }),
             workers: self.workers,
             concurrency: self.concurrency,
@@ -333,6 +355,7 @@ impl BenchArgs {
             fanout: self.fanout,
             rate: self.rate,
             duration_s: self.duration.unwrap_or(if smoke { 1.0 } else { 10.0 }),
+            latency_publishers: self.latency_publishers,
             soak_n: pick(self.soak_n, 1_000_000, 20_000),
             soak_window: pick(self.soak_window, 100_000, 2_000),
             soak_ahead: pick(self.soak_ahead, 200_000, 5_000),
@@ -395,6 +418,12 @@ impl Params {
         ensure!(self.fanout >= 1, "--fanout must be at least 1");
         ensure!(self.rate >= 1, "--rate must be at least 1");
         ensure!(self.duration_s > 0.0, "--duration must be more than 0");
+        ensure!(self.latency_publishers >= 1, "--latency-publishers must be at least 1");
+        ensure!(self.single_secs > 0.0, "--single-secs must be more than 0");
+        ensure!(
+            !self.single_clients.is_empty() && self.single_clients.iter().all(|&c| c >= 1),
+            "--single-clients must list numbers of at least 1"
+        );
         ensure!(self.soak_window >= 1 && self.soak_window <= self.soak_n, "--soak-window must be 1..=--soak-n");
         ensure!(self.soak_ahead >= self.batch as u64, "--soak-ahead must be at least one --batch");
         ensure!(self.publishers.iter().all(|&p| p >= 1), "--publishers must all be at least 1");

@@ -50,7 +50,7 @@ pub use error::{Error, InvalidInput, MigrateError, TaskError};
 pub use ids::{EventId, Priority, TaskState, WorkerId};
 pub use message::{Defer, HandlerError, Message, Nack, TaskRef};
 pub use migrate::{migrate, migrate_down, migration_status, MigrationStatus, Steps};
-pub use publish::{publish, publish_batch, NewEvent, MAX_PAYLOAD_BYTES};
+pub use publish::{publish, publish_batch, set_notify_interval, NewEvent, MAX_PAYLOAD_BYTES, NOTIFY_INTERVAL};
 pub use stats::{storage_stats, StorageStats, TableStats};
 pub use subject::{check_pattern, check_subject, subject_matches};
 pub use subscriber::{sub, BackoffFn, ShutdownReport, SubscriberEvent, SubscriberHandle, Subscription};

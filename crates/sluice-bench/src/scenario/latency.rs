@@ -19,10 +19,6 @@ use super::Ctx;
 use crate::report::{count, r3, Percentiles, Report};
 use crate::work::{pool_size, shutdown, stream_with_consumers, wait_acked, Progress, SUBJECT};
 
-/// Connections for the publish calls; more than one so a slow commit does
-/// not hold back the next tick.
-const PUBLISH_CONNECTIONS: u32 = 8;
-
 #[derive(Deserialize)]
 struct Stamp {
     /// Microseconds since the scenario's epoch, when the event's tick fired.
@@ -33,7 +29,9 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     let p = ctx.params;
     let total = ((p.rate as f64) * p.duration_s).round().max(1.0) as u64;
     let pool = ctx.db.pool(pool_size(p.workers)).await?;
-    let publish_pool = ctx.db.pool(PUBLISH_CONNECTIONS).await?;
+    // Connections for the publish calls (--latency-publishers): more than one,
+    // so that a slow commit does not hold back the next tick.
+    let publish_pool = ctx.db.pool(p.latency_publishers).await?;
     stream_with_consumers(&pool, "latency", &["latency"]).await?;
     let consumer_id = crate::db::consumer_id(&pool, "latency", "latency").await?;
 
@@ -58,7 +56,10 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     // Let the subscribers connect and LISTEN before the clock starts.
     sleep(Duration::from_millis(300)).await;
 
-    ctx.out.progress(&format!("latency: {total} events at {}/s, one per publish call", p.rate));
+    ctx.out.progress(&format!(
+        "latency: {total} events at {}/s, one per publish call, {} publishers",
+        p.rate, p.latency_publishers
+    ));
     let mut ticks = interval(Duration::from_secs_f64(1.0 / p.rate as f64));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut calls = JoinSet::new();
@@ -110,10 +111,11 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     let ms = |us: u64| r3(us as f64 / 1000.0);
     let mut report = Report::new("latency");
     report.line(format!(
-        "{} events at {}/s for {:.1} s (published at {}/s): publish → handler start",
+        "{} events at {}/s for {:.1} s by {} publishers (published at {}/s): publish → handler start",
         count(total as f64),
         p.rate,
         p.duration_s,
+        p.latency_publishers,
         count(achieved)
     ));
     if behind {

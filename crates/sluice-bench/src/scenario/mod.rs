@@ -12,6 +12,7 @@ mod pressure;
 mod publish;
 mod scale;
 mod selective;
+mod single;
 mod soak;
 
 /// What every scenario gets.
@@ -24,6 +25,7 @@ pub struct Ctx<'a> {
 pub async fn run(scenario: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     match scenario {
         Scenario::Publish => publish::run(ctx).await,
+        Scenario::Single => single::run(ctx).await,
         Scenario::Drain => drain::run(ctx).await,
         Scenario::Latency => latency::run(ctx).await,
         Scenario::Soak => soak::run(ctx).await,

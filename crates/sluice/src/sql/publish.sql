@@ -1,7 +1,9 @@
 -- Appends a batch of events to stream $1 in one statement, in input order,
--- and notifies the stream's channel (Postgres folds repeated notifications
--- into one per transaction). Returns the new ids in input order; no row when
--- the stream does not exist.
+-- and, when $8, notifies the stream's channel. Most publishes do not: a
+-- transaction that has notified takes a cluster-wide lock at its commit, so
+-- the caller's limiter lets one publish per stream in a few milliseconds
+-- carry the notification (see publish.rs). Returns the new ids in input
+-- order; no row when the stream does not exist.
 WITH s AS (
     SELECT id FROM sluice.streams WHERE name = $1
 ),
@@ -15,5 +17,5 @@ ins AS (
 )
 SELECT s.id AS stream_id,
        (SELECT array_agg(ins.id ORDER BY ins.id) FROM ins) AS ids,
-       (SELECT count(*) FROM (SELECT pg_notify('sluice.' || s.id, '') FROM ins LIMIT 1) AS n) AS notified
+       (SELECT count(*) FROM (SELECT pg_notify('sluice.' || s.id, '') FROM ins WHERE $8 LIMIT 1) AS n) AS notified
 FROM s

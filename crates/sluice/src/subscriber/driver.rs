@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+use sqlx::postgres::PgConnectOptions;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,7 @@ use super::fetcher::{self, Ask, ClaimedTask, FetchError, Fetched};
 use super::maintenance::{self, Maintained};
 use super::notifier::Notifier;
 use super::registry::Key;
+use super::subscription::Wakeups;
 use super::{keeper, timed, ErrorBackoff, Shared, ShutdownReport, SubscriberEvent, Subscription};
 use crate::error::Error;
 use crate::message::{HandlerError, Message};
@@ -32,6 +34,13 @@ const CLEANUP_SHARE: u32 = 5;
 const CLEANUP_MAX: Duration = Duration::from_secs(2);
 /// The deadline of a subscriber that stops by itself.
 const SELF_STOP_GRACE: Duration = Duration::from_secs(10);
+/// After a notification or a fetch that found work, an empty fetch is
+/// followed by this many more, 1, 2, 4 … 128 ms apart (a quarter second in
+/// all), before the subscriber waits for the next notification or its poll:
+/// a notification is a hint that work is arriving, and only one publish of a
+/// stream in a few milliseconds carries one (`publish::NOTIFY_INTERVAL`), so
+/// the events committed just after it are found by these.
+const FOLLOW_UPS: u32 = 8;
 
 pub(crate) struct Driver<T, F> {
     shared: Arc<Shared>,
@@ -63,7 +72,16 @@ where
     pub(crate) async fn run(self) -> ShutdownReport {
         let shared = self.shared.clone();
         let helpers = CancellationToken::new();
-        let topic = Notifier::subscribe(&shared.pool, &format!("sluice.{}", shared.stream_id));
+        let channel = format!("sluice.{}", shared.stream_id);
+        let topic = match &self.sub.wakeups {
+            Wakeups::Listen => Some(Notifier::subscribe(&shared.pool.connect_options(), &channel)),
+            Wakeups::ListenAt(url) => match url.parse::<PgConnectOptions>() {
+                Ok(options) => Some(Notifier::subscribe(&options, &channel)),
+                // Checked when the subscription was validated.
+                Err(_) => None,
+            },
+            Wakeups::PollOnly => None,
+        };
         let (acks, pending_acks, given_up, completer) =
             completer::spawn(shared.clone(), self.sub.concurrency + self.sub.batch_size);
         let keeper = tokio::spawn(keeper::run(shared.clone(), self.sub.heartbeat, helpers.clone()).in_current_span());
@@ -79,6 +97,9 @@ where
         // idle: the last fetch found nothing, so wait for news before the next.
         let mut dirty = true;
         let mut idle = false;
+        // Some(n): following up on recent work, n empty fetches so far.
+        let mut follow_up: Option<u32> = None;
+        let mut follow_up_at: Option<Instant> = None;
         let mut pause_until: Option<Instant> = None;
         let mut errors = ErrorBackoff::new();
         let mut next_tick = Instant::now() + self.sub.poll_interval;
@@ -157,6 +178,17 @@ where
                             }
                             dirty |= fetched.more;
                             idle = fetched.tasks.is_empty() && !dirty;
+                            if !fetched.tasks.is_empty() {
+                                follow_up = Some(0);
+                            } else if idle {
+                                follow_up = match follow_up {
+                                    Some(n) if n < FOLLOW_UPS => {
+                                        follow_up_at = Some(Instant::now() + Duration::from_millis(1 << n));
+                                        Some(n + 1)
+                                    }
+                                    _ => None,
+                                };
+                            }
                             shared.emit(SubscriberEvent::Fetched {
                                 claimed: fetched.tasks.len(),
                                 materialized: fetched.materialized,
@@ -195,7 +227,17 @@ where
                         Err(e) => warn!(error = %e, "housekeeping failed"),
                     }
                 }
-                _ = topic.notified() => { dirty = true; idle = false; }
+                _ = async { topic.as_ref().expect("guarded").notified().await }, if topic.is_some() => {
+                    dirty = true;
+                    idle = false;
+                    follow_up = Some(0);
+                    follow_up_at = None;
+                }
+                _ = sleep_until(follow_up_at.unwrap_or(next_tick)), if follow_up_at.is_some() => {
+                    follow_up_at = None;
+                    dirty = true;
+                    idle = false;
+                }
                 _ = sleep_until(next_tick) => {
                     dirty = true;
                     idle = false;

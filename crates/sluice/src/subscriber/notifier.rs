@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -47,10 +47,9 @@ impl Topic {
 }
 
 impl Notifier {
-    /// Subscribes to `channel` on the process's notifier for the pool's
-    /// database, starting one if there is none.
-    pub(crate) fn subscribe(pool: &PgPool, channel: &str) -> Topic {
-        let options = pool.connect_options();
+    /// Subscribes to `channel` on the process's notifier for the database
+    /// that `options` connect to, starting one if there is none.
+    pub(crate) fn subscribe(options: &PgConnectOptions, channel: &str) -> Topic {
         let database = options.to_url_lossy().to_string();
         let notifier = {
             let mut all = NOTIFIERS.lock().expect("notifiers poisoned");
@@ -59,7 +58,7 @@ impl Notifier {
                 Some(n) => n,
                 None => {
                     // Its own connection, so the notifier outlives any one pool.
-                    let own = PgPoolOptions::new().max_connections(1).connect_lazy_with((*options).clone());
+                    let own = PgPoolOptions::new().max_connections(1).connect_lazy_with(options.clone());
                     let n = Arc::new(Notifier {
                         database: database.clone(),
                         topics: Arc::default(),

@@ -10,6 +10,17 @@ use crate::subject::check_name;
 /// A retry delay computed from the attempt number that failed (1 for the first).
 pub type BackoffFn = Arc<dyn Fn(i32) -> Duration + Send + Sync>;
 
+/// Where a subscriber hears that events were published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Wakeups {
+    /// LISTEN on a connection like the pool's (one per process and database).
+    Listen,
+    /// LISTEN on a connection to this URL.
+    ListenAt(String),
+    /// No LISTEN: polls only.
+    PollOnly,
+}
+
 /// What a subscriber works on and how. Required: the stream and the consumer;
 /// every other setting has a default, named by a constant of this type.
 ///
@@ -37,6 +48,7 @@ pub struct Subscription {
     pub(crate) refill_chunk: i32,
     pub(crate) prefetch: Option<usize>,
     pub(crate) backoff: Option<BackoffFn>,
+    pub(crate) wakeups: Wakeups,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -53,6 +65,14 @@ impl std::fmt::Debug for Subscription {
             .field("dead_after", &self.dead_after)
             .field("handler_timeout", &self.handler_timeout)
             .field("db_timeout", &self.db_timeout)
+            .field(
+                "wakeups",
+                match &self.wakeups {
+                    Wakeups::Listen => &"listen",
+                    Wakeups::ListenAt(_) => &"listen_url",
+                    Wakeups::PollOnly => &"poll_only",
+                },
+            )
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +115,7 @@ impl Subscription {
             refill_chunk: Self::REFILL_CHUNK_DEFAULT,
             prefetch: None,
             backoff: None,
+            wakeups: Wakeups::Listen,
         }
     }
 
@@ -186,6 +207,27 @@ impl Subscription {
         self
     }
 
+    /// Takes no notifications: looks for work at every poll interval, and
+    /// keeps fetching while fetches bring work. For a pool behind PgBouncer
+    /// in transaction pooling, where LISTEN is accepted and never hears
+    /// anything, when no direct connection is at hand for
+    /// [`listen_url`](Self::listen_url). Events then wait up to a poll
+    /// interval: choose it accordingly (each poll is one round trip).
+    pub fn poll_only(mut self) -> Self {
+        self.wakeups = Wakeups::PollOnly;
+        self
+    }
+
+    /// LISTENs on a connection to `url` (the same database, reached
+    /// directly) instead of one made like the pool's: for a pool behind
+    /// PgBouncer in transaction pooling, where LISTEN on a pooled connection
+    /// never hears anything. One such connection serves every subscriber of
+    /// the process with the same URL.
+    pub fn listen_url(mut self, url: impl Into<String>) -> Self {
+        self.wakeups = Wakeups::ListenAt(url.into());
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), InvalidInput> {
         check_name("stream", &self.stream)?;
         check_name("consumer", &self.consumer)?;
@@ -219,6 +261,14 @@ impl Subscription {
         }
         if self.refill_chunk < 1 {
             return setting("refill_chunk", "at least 1 event per refill");
+        }
+        if let Wakeups::ListenAt(url) = &self.wakeups {
+            if let Err(e) = url.parse::<sqlx::postgres::PgConnectOptions>() {
+                return Err(InvalidInput::Setting {
+                    setting: "listen_url",
+                    reason: format!("not a Postgres connection URL: {e}"),
+                });
+            }
         }
         Ok(())
     }
