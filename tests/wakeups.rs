@@ -25,18 +25,8 @@ fn job(n: i64) -> NewEvent {
 }
 
 async fn recorder(db: &TestDb, seen: &Arc<Mutex<Vec<i64>>>) -> sluice::SubscriberHandle {
-    let seen = seen.clone();
     // The poll is an hour away: only notifications and follow-ups bring work.
-    let subscription = Subscription::new("jobs", "c").poll_interval(Duration::from_secs(3600));
-    sub(&db.pool, subscription, move |msg: Message<Value>| {
-        let seen = seen.clone();
-        async move {
-            seen.lock().unwrap().push(msg.payload()["n"].as_i64().unwrap());
-            Ok::<_, HandlerError>(())
-        }
-    })
-    .await
-    .unwrap()
+    counting(db, Subscription::new("jobs", "c").poll_interval(Duration::from_secs(3600)), seen).await
 }
 
 #[tokio::test]
