@@ -340,6 +340,14 @@ where
             let _ = keeper.await;
         }
         drop(topic);
+        // What is left running under this worker is what the rescuer will
+        // free: counted in the database, which also sees the tasks of acks
+        // given up before the shutdown and of a fetch cut off by it.
+        // Half of the last quarter, the unregistering's, at most.
+        let count_until = cleanup_until + (deadline - cleanup_until) / 2;
+        if let Ok(Ok(left)) = timeout_at(count_until, keeper::held(&shared)).await {
+            report.abandoned = usize::try_from(left).unwrap_or(usize::MAX);
+        }
         match timeout_at(deadline, keeper::unregister(&shared)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "could not unregister the worker; it is forgotten once taken for dead"),

@@ -30,6 +30,16 @@ pub(crate) async fn register(shared: &Shared) -> Result<(), sqlx::Error> {
     .map(|_| ())
 }
 
+/// How many tasks this worker still holds in the database.
+pub(crate) async fn held(shared: &Shared) -> Result<i64, sqlx::Error> {
+    timed(
+        shared.db_timeout,
+        "counting the worker's tasks",
+        sqlx::query_scalar(sql::WORKER_HELD).bind(shared.consumer_id).bind(shared.worker_id).fetch_one(&shared.pool),
+    )
+    .await
+}
+
 /// Removes this worker's row: its remaining tasks are freed once their leases end.
 pub(crate) async fn unregister(shared: &Shared) -> Result<(), sqlx::Error> {
     timed(
