@@ -12,6 +12,7 @@ use sluice::{
     create_consumer, create_stream, get_task, publish, publish_batch, retry_task, sub, ConsumerOptions, Defer,
     HandlerError, Message, Nack, NewEvent, StreamOptions, Subscription, TaskError, TaskRef, TaskState,
 };
+use sqlx::{Connection as _, PgConnection};
 use support::{wait_until, TestDb};
 use tokio::sync::Notify;
 
@@ -715,4 +716,91 @@ async fn a_reset_to_now_keeps_the_events_of_transactions_still_open() {
     .await;
     h.shutdown(Duration::from_secs(5)).await;
     assert_eq!(*handled.lock().unwrap(), [1, 2]);
+}
+
+/// The ack reads each task under the statement's snapshot and then deletes
+/// it; a task rescued and claimed again by another worker in between has
+/// the same state, running, but a new lease token. The ack waits for the
+/// new holder's lock, finds the new token on the row's newest version and
+/// leaves it: the stale ack reports the lease lost, the live attempt stays.
+#[tokio::test]
+async fn an_ack_racing_a_rescue_and_a_new_claim_leaves_the_new_holders_task() {
+    let db = TestDb::new().await;
+    setup(&db, fast()).await;
+    publish(&db.pool, "jobs", job(1)).await.unwrap();
+    let (consumer, event, stale): (i32, i64, i64) = sqlx::query_as(
+        "INSERT INTO sluice.tasks (consumer_id, event_id, event_txid, state, priority, position, attempt,
+                                   worker_id, lease_until)
+         SELECT c.id, e.id, e.txid, 'running', 1, e.id, 1, gen_random_uuid(), now() + interval '1 minute'
+         FROM sluice.events e, sluice.consumers c WHERE c.name = 'c'
+         RETURNING consumer_id, event_id, lease_token",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+
+    // The rescuer hands the task back, and holds the row until its
+    // transaction ends.
+    let mut rescuer = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut rescuer).await.unwrap();
+    sqlx::query(
+        "UPDATE sluice.tasks SET state = 'available', worker_id = NULL, lease_until = NULL
+         WHERE consumer_id = $1 AND event_id = $2",
+    )
+    .bind(consumer)
+    .bind(event)
+    .execute(&mut rescuer)
+    .await
+    .unwrap();
+
+    // The stale holder acks: it finds its task (the rescue is not committed)
+    // and waits for the row.
+    let mut holder = PgConnection::connect(&db.url).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut holder).await.unwrap();
+    let ack = tokio::spawn(async move {
+        let acked: Vec<i64> = sqlx::query_scalar(include_str!("../crates/sluice/src/sql/ack.sql"))
+            .bind(consumer)
+            .bind(vec![event])
+            .bind(vec![stale])
+            .fetch_all(&mut holder)
+            .await
+            .unwrap();
+        acked
+    });
+    wait_until(WAIT, "the ack waiting for the rescuer's lock", || {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock')",
+            )
+            .bind(pid)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+
+    // Another worker claims the task again, in the same transaction, and commits.
+    let fresh: i64 = sqlx::query_scalar(
+        "UPDATE sluice.tasks SET state = 'running', attempt = attempt + 1, worker_id = gen_random_uuid(),
+                                 lease_until = now() + interval '1 minute', lease_token = nextval('sluice.lease_token')
+         WHERE consumer_id = $1 AND event_id = $2 RETURNING lease_token",
+    )
+    .bind(consumer)
+    .bind(event)
+    .fetch_one(&mut rescuer)
+    .await
+    .unwrap();
+    sqlx::raw_sql("COMMIT").execute(&mut rescuer).await.unwrap();
+
+    assert_eq!(ack.await.unwrap(), Vec::<i64>::new(), "the stale ack completed the task");
+    let task = get_task(&db.pool, "jobs", "c", sluice::EventId(event)).await.expect("the task is gone");
+    assert_eq!((task.state, task.attempt), (TaskState::Running, 2));
+    let token: i64 = sqlx::query_scalar("SELECT lease_token FROM sluice.tasks WHERE event_id = $1")
+        .bind(event)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(token, fresh);
 }
