@@ -216,7 +216,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000)]
     pub selective_every: u64,
 
-    /// pressure: the normal publish rate, events/s [default: 60 % of the drain rate measured at the start].
+    /// pressure: the normal publish rate, events/s [default: 25 % of the drain rate measured at the start].
     #[arg(long)]
     pub pressure_rate: Option<u64>,
 
@@ -226,7 +226,7 @@ pub struct BenchArgs {
     pub pressure_calibrate_n: Option<u64>,
 
     /// pressure: seconds of every phase at once (clean, pin, overload, readers, burst); a
-    /// per-phase flag wins over it [default: 60, 240, 120, 120, 300; smoke 2, 2, 1, 2, 1].
+    /// per-phase flag wins over it [default: 60, 240, 60, 120, 300; smoke 2, 2, 1, 2, 1].
     #[arg(long)]
     pub pressure_phase_secs: Option<f64>,
 
@@ -246,12 +246,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub pressure_readers_secs: Option<f64>,
 
-    /// pressure: seconds of the `burst` phase (publishing at --pressure-burst-factor × the drain rate).
+    /// pressure: seconds of the `burst` phase (publishing at --pressure-burst-factor × the normal rate).
     #[arg(long)]
     pub pressure_burst_secs: Option<f64>,
 
-    /// pressure: the burst's publish rate, in multiples of the drain rate.
-    #[arg(long, default_value_t = 4.0)]
+    /// pressure: the burst's publish rate, in multiples of the normal rate.
+    #[arg(long, default_value_t = 3.0)]
     pub pressure_burst_factor: f64,
 
     /// pressure: how long each recovery may take (the backlog back to its clean level, the normal
@@ -386,7 +386,7 @@ impl BenchArgs {
             calibrate_n: self.pressure_calibrate_n.unwrap_or(if smoke { 3_000 } else { 100_000 }),
             clean_s: secs(self.pressure_clean_secs, 60.0, 2.0),
             pin_s: secs(self.pressure_pin_secs, 240.0, 2.0),
-            overload_s: secs(self.pressure_overload_secs, 120.0, 1.0),
+            overload_s: secs(self.pressure_overload_secs, 60.0, 1.0),
             readers_s: secs(self.pressure_readers_secs, 120.0, 2.0),
             burst_s: secs(self.pressure_burst_secs, 300.0, 1.0),
             burst_factor: self.pressure_burst_factor,
@@ -398,7 +398,7 @@ impl BenchArgs {
 /// The `pressure` scenario's sizes.
 #[derive(Debug, Clone, Serialize)]
 pub struct PressureParams {
-    /// The normal publish rate; `None`: 60 % of the drain rate measured at the start.
+    /// The normal publish rate; `None`: 25 % of the drain rate measured at the start.
     pub rate: Option<u64>,
     pub calibrate_n: u64,
     pub clean_s: f64,
