@@ -201,10 +201,10 @@ async fn a_rolled_back_publish_leaves_no_event_and_no_task() {
     wait_until(WAIT, "the committed event", || async { seen.ids().contains(&kept.0) }).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.shutdown(Duration::from_secs(5)).await;
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice.events").fetch_one(&db.pool).await.unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice.events").fetch_one(&db.direct).await.unwrap();
     assert_eq!(events, 1);
     assert_eq!(seen.subjects(), BTreeSet::from(["orders.kept".into()]));
-    assert!(task_states(&db.pool, "c").await.is_empty(), "no task left");
+    assert!(task_states(&db.direct, "c").await.is_empty(), "no task left");
 }
 
 #[tokio::test]
@@ -259,7 +259,7 @@ async fn competing_subscribers_share_the_work_without_overlap() {
     assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), published, "every event handled");
     assert!(counts.values().all(|&c| c == 1), "no event handled twice");
     assert_eq!(*overlaps.lock().unwrap(), 0, "no event held by two handlers at once");
-    assert!(task_states(&db.pool, "work").await.is_empty(), "no task left behind");
+    assert!(task_states(&db.direct, "work").await.is_empty(), "no task left behind");
     let per_worker = per_worker.lock().unwrap().clone();
     assert_eq!(per_worker.values().sum::<usize>(), N as usize);
 }
@@ -273,7 +273,7 @@ async fn transactional_ack_commits_with_the_business_write() {
         &[("billing", ConsumerOptions::default().backoff(Duration::from_millis(10), Duration::from_millis(50)))],
     )
     .await;
-    sqlx::query("CREATE TABLE invoices (event_id bigint NOT NULL)").execute(&db.pool).await.unwrap();
+    sqlx::query("CREATE TABLE invoices (event_id bigint NOT NULL)").execute(&db.direct).await.unwrap();
     let rolled_back = Arc::new(Mutex::new(0usize));
 
     let pool = db.pool.clone();
@@ -283,7 +283,11 @@ async fn transactional_ack_commits_with_the_business_write() {
         let rb = rb.clone();
         async move {
             let mut tx = pool.begin().await?;
-            sqlx::query("INSERT INTO invoices (event_id) VALUES ($1)").bind(msg.id().0).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO invoices (event_id) VALUES ($1)")
+                .persistent(false)
+                .bind(msg.id().0)
+                .execute(&mut *tx)
+                .await?;
             msg.ack_tx(&mut *tx).await?;
             if msg.attempt() == 1 && rand::random::<bool>() {
                 tx.rollback().await?;
@@ -301,41 +305,41 @@ async fn transactional_ack_commits_with_the_business_write() {
     wait_until(WAIT, "every task completed", || async {
         let rows: i64 =
             sqlx::query_scalar("SELECT count(DISTINCT event_id) FROM invoices").fetch_one(&pool_of(&db)).await.unwrap();
-        rows == N && task_states(&db.pool, "billing").await.is_empty()
+        rows == N && task_states(&db.direct, "billing").await.is_empty()
     })
     .await;
     h.shutdown(Duration::from_secs(5)).await;
 
     let per_event: Vec<i64> =
-        sqlx::query_scalar("SELECT count(*) FROM invoices GROUP BY event_id").fetch_all(&db.pool).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM invoices GROUP BY event_id").fetch_all(&db.direct).await.unwrap();
     assert_eq!(per_event.len(), N as usize);
     assert!(per_event.iter().all(|&c| c == 1), "exactly one business row per event");
     assert!(*rolled_back.lock().unwrap() > 0, "some first attempts were rolled back");
 }
 
 fn pool_of(db: &TestDb) -> PgPool {
-    db.pool.clone()
+    db.direct.clone()
 }
 
 #[tokio::test]
 async fn an_ack_from_a_lost_lease_is_refused_and_changes_nothing() {
     let db = TestDb::new().await;
     setup(&db, &[("c", ConsumerOptions::default())]).await;
-    sqlx::query("CREATE TABLE effects (event_id bigint NOT NULL)").execute(&db.pool).await.unwrap();
-    let pool = db.pool.clone();
+    sqlx::query("CREATE TABLE effects (event_id bigint NOT NULL)").execute(&db.direct).await.unwrap();
+    let (pool, direct) = (db.pool.clone(), db.direct.clone());
     let outcome: Arc<Mutex<Option<String>>> = Arc::default();
     let out = outcome.clone();
     let h = sub(&db.pool, fast("orders", "c"), move |msg: Message<Value>| {
-        let pool = pool.clone();
+        let (pool, direct) = (pool.clone(), direct.clone());
         let out = out.clone();
         async move {
             // Someone else takes the task over: a later attempt holds it now.
             sqlx::query("UPDATE sluice.tasks SET lease_token = nextval('sluice.lease_token') WHERE event_id = $1")
                 .bind(msg.id().0)
-                .execute(&pool)
+                .execute(&direct)
                 .await?;
             let mut tx = pool.begin().await?;
-            sqlx::query("INSERT INTO effects VALUES ($1)").bind(msg.id().0).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO effects VALUES ($1)").persistent(false).bind(msg.id().0).execute(&mut *tx).await?;
             match msg.ack_tx(&mut *tx).await {
                 Ok(()) => {
                     tx.commit().await?;
@@ -356,9 +360,9 @@ async fn an_ack_from_a_lost_lease_is_refused_and_changes_nothing() {
     h.shutdown(Duration::from_secs(5)).await;
     let outcome = outcome.lock().unwrap().clone().unwrap();
     assert!(outcome.starts_with("LeaseLost"), "{outcome}");
-    let effects: i64 = sqlx::query_scalar("SELECT count(*) FROM effects").fetch_one(&db.pool).await.unwrap();
+    let effects: i64 = sqlx::query_scalar("SELECT count(*) FROM effects").fetch_one(&db.direct).await.unwrap();
     assert_eq!(effects, 0);
-    assert_eq!(task_states(&db.pool, "c").await, vec![("running".to_string(), 1)], "the task is untouched");
+    assert_eq!(task_states(&db.direct, "c").await, vec![("running".to_string(), 1)], "the task is untouched");
 }
 
 #[tokio::test]
@@ -391,12 +395,12 @@ async fn shutdown_finishes_in_flight_work_and_hands_back_the_rest() {
     assert_eq!(report.aborted, 0);
     assert!(report.released > 0, "{report:?}");
     // In-flight handlers finished and were acked; nothing is left running.
-    let states: BTreeMap<String, i64> = task_states(&db.pool, "c").await.into_iter().collect();
+    let states: BTreeMap<String, i64> = task_states(&db.direct, "c").await.into_iter().collect();
     assert_eq!(states.get("running"), None, "{states:?}");
     // Released tasks are claimable at once (events not materialized yet are
     // still ahead of the consumer's position).
     assert!(states.get("available").copied().unwrap_or(0) as usize >= report.released, "{states:?}");
-    let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice.workers").fetch_one(&db.pool).await.unwrap();
+    let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice.workers").fetch_one(&db.direct).await.unwrap();
     assert_eq!(workers, 0, "the worker unregistered");
 
     // Another subscriber takes the rest at once (the lease is 5 minutes).
@@ -409,7 +413,7 @@ async fn shutdown_finishes_in_flight_work_and_hands_back_the_rest() {
     assert!(first.ids().is_disjoint(&second.ids()));
     // Released tasks that never started were not charged an attempt.
     let attempts: Vec<i32> =
-        sqlx::query_scalar("SELECT attempt FROM sluice.task_log").fetch_all(&db.pool).await.unwrap();
+        sqlx::query_scalar("SELECT attempt FROM sluice.task_log").fetch_all(&db.direct).await.unwrap();
     assert!(attempts.is_empty(), "no task was released after starting: {attempts:?}");
 }
 
@@ -440,7 +444,7 @@ async fn a_payload_that_does_not_fit_the_handler_type_is_dead_lettered_with_a_cl
         .await
         .unwrap();
     wait_until(WAIT, "the good event handled and the bad one discarded", || async {
-        calls.lock().unwrap().len() == 1 && task_states(&db.pool, "typed").await == vec![("discarded".to_string(), 1)]
+        calls.lock().unwrap().len() == 1 && task_states(&db.direct, "typed").await == vec![("discarded".to_string(), 1)]
     })
     .await;
     h.shutdown(Duration::from_secs(5)).await;
@@ -448,7 +452,7 @@ async fn a_payload_that_does_not_fit_the_handler_type_is_dead_lettered_with_a_cl
     let (errors, payload): (Value, Value) = sqlx::query_as(
         "SELECT t.errors, e.payload FROM sluice.tasks t JOIN sluice.events e ON e.id = t.event_id WHERE t.state = 'discarded'",
     )
-    .fetch_one(&db.pool)
+    .fetch_one(&db.direct)
     .await
     .unwrap();
     let error = errors[0]["error"].as_str().unwrap();
@@ -577,13 +581,13 @@ async fn a_backlog_is_materialized_in_bounded_chunks() {
         tx.commit().await.unwrap();
     }
     let consumer: i32 =
-        sqlx::query_scalar("SELECT id FROM sluice.consumers WHERE name = 'c'").fetch_one(&db.pool).await.unwrap();
+        sqlx::query_scalar("SELECT id FROM sluice.consumers WHERE name = 'c'").fetch_one(&db.direct).await.unwrap();
     let mut chunks = Vec::new();
     loop {
         let (materialized, more, busy): (i32, bool, bool) =
-            sqlx::query_as("SELECT * FROM sluice.refill($1, 300)").bind(consumer).fetch_one(&db.pool).await.unwrap();
+            sqlx::query_as("SELECT * FROM sluice.refill($1, 300)").bind(consumer).fetch_one(&db.direct).await.unwrap();
         assert!(!busy);
-        let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice.tasks").fetch_one(&db.pool).await.unwrap();
+        let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice.tasks").fetch_one(&db.direct).await.unwrap();
         chunks.push((materialized, tasks));
         if !more {
             break;
@@ -592,7 +596,7 @@ async fn a_backlog_is_materialized_in_bounded_chunks() {
     assert_eq!(chunks, vec![(300, 300), (300, 600), (300, 900), (100, 1000)], "bounded chunks, nothing twice");
     // The queue follows publish order (event ids), whatever the commit order.
     let positions: Vec<(i64, i64)> = sqlx::query_as("SELECT event_id, position FROM sluice.tasks ORDER BY position")
-        .fetch_all(&db.pool)
+        .fetch_all(&db.direct)
         .await
         .unwrap();
     let ids: Vec<i64> = positions.iter().map(|(id, _)| *id).collect();
@@ -652,7 +656,7 @@ async fn a_subscriber_survives_its_connections_being_killed() {
         "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
           WHERE datname = current_database() AND pid <> pg_backend_pid()) k",
     )
-    .fetch_one(&db.pool)
+    .fetch_one(&db.direct)
     .await
     .unwrap();
     assert!(killed >= 1, "the listener's connection at least");

@@ -7,6 +7,12 @@
 //! 4. otherwise the run stops with one line saying how to provide one.
 //!
 //! Databases are dropped when the `TestDb` is dropped, even if the test failed.
+//!
+//! With `SLUICE_TEST_PGBOUNCER=host:port`, a PgBouncer in transaction mode in
+//! front of that server, each test's pool goes through it (statement cache
+//! off, `sluice::Pooling::Transactions`), as a deployment behind PgBouncer
+//! before 1.21 does; migrations and the tests' own side connections (`url`)
+//! go to the server directly.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -97,10 +103,23 @@ async fn container() -> Option<PgConnectOptions> {
     )
 }
 
+/// `SLUICE_TEST_PGBOUNCER` as (host, port), when set.
+pub fn pgbouncer() -> Option<(String, u16)> {
+    let value = std::env::var("SLUICE_TEST_PGBOUNCER").ok()?;
+    let (host, port) = value
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
+        .unwrap_or_else(|| stop(&format!("SLUICE_TEST_PGBOUNCER is not host:port: {value}")));
+    Some((host, port))
+}
+
 /// A fresh database of its own for one test, dropped when this is dropped.
 pub struct TestDb {
-    /// A pool on the test's database.
+    /// A pool on the test's database: what the library gets (through
+    /// PgBouncer under `SLUICE_TEST_PGBOUNCER`).
     pub pool: PgPool,
+    /// A pool straight to the test's database, for the test's own SQL.
+    pub direct: PgPool,
     /// The test database's URL (for child processes and the CLI).
     pub url: String,
     name: String,
@@ -109,8 +128,15 @@ pub struct TestDb {
 impl TestDb {
     /// A new database with Sluice's migrations applied.
     pub async fn new() -> TestDb {
-        let db = TestDb::empty().await;
+        let mut db = TestDb::empty().await;
         sluice::migrate(&db.pool).await.expect("Sluice migrations apply to a fresh database");
+        if let Some(bouncer) = pgbouncer() {
+            sluice::set_pooling(sluice::Pooling::Transactions);
+            let opts = db.options().await.host(&bouncer.0).port(bouncer.1).statement_cache_capacity(0);
+            let pool =
+                PgPoolOptions::new().max_connections(20).connect_with(opts).await.expect("connect through PgBouncer");
+            db.pool = pool;
+        }
         db
     }
 
@@ -124,7 +150,7 @@ impl TestDb {
         let opts = server.clone().database(&name);
         let pool = PgPoolOptions::new().max_connections(20).connect_with(opts.clone()).await.expect("connect");
         let url = opts.to_url_lossy().to_string();
-        TestDb { pool, url, name }
+        TestDb { direct: pool.clone(), pool, url, name }
     }
 
     /// The database's name.

@@ -8,6 +8,7 @@ use sqlx::{FromRow, PgPool};
 
 use crate::error::{Error, InvalidInput};
 use crate::ids::EventId;
+use crate::pooler::on_pool;
 use crate::sql;
 use crate::subject::{check_name, check_pattern, MAX_PATTERNS};
 
@@ -83,12 +84,10 @@ pub(crate) fn ms_to_duration(ms: i64) -> Duration {
 pub async fn create_stream(pool: &PgPool, name: &str, options: StreamOptions) -> Result<Stream, Error> {
     check_name("stream", name)?;
     let retention_ms = check_event_retention(&options)?;
-    let created: Option<StreamRow> = sqlx::query_as(sql::STREAM_CREATE)
-        .bind(name)
-        .bind(retention_ms)
-        .fetch_optional(pool)
-        .await
-        .map_err(Error::db)?;
+    let created: Option<StreamRow> =
+        on_pool!(pool, sqlx::query_as(sql::STREAM_CREATE).bind(name).bind(retention_ms), fetch_optional)
+            .await
+            .map_err(Error::db)?;
     if let Some(row) = created {
         return Ok(row.into());
     }
@@ -107,12 +106,10 @@ pub async fn create_stream(pool: &PgPool, name: &str, options: StreamOptions) ->
 pub async fn update_stream(pool: &PgPool, name: &str, options: StreamOptions) -> Result<Stream, Error> {
     check_name("stream", name)?;
     let retention_ms = check_event_retention(&options)?;
-    let updated: Option<i32> = sqlx::query_scalar(sql::STREAM_UPDATE)
-        .bind(name)
-        .bind(retention_ms)
-        .fetch_optional(pool)
-        .await
-        .map_err(Error::db)?;
+    let updated: Option<i32> =
+        on_pool!(pool, sqlx::query_scalar(sql::STREAM_UPDATE).bind(name).bind(retention_ms), fetch_optional)
+            .await
+            .map_err(Error::db)?;
     match updated {
         Some(_) => get_stream(pool, name).await,
         None => Err(Error::StreamNotFound { stream: name.to_string() }),
@@ -130,13 +127,13 @@ fn check_event_retention(options: &StreamOptions) -> Result<i64, InvalidInput> {
 pub async fn get_stream(pool: &PgPool, name: &str) -> Result<Stream, Error> {
     check_name("stream", name)?;
     let row: Option<StreamRow> =
-        sqlx::query_as(sql::STREAM_GET).bind(name).fetch_optional(pool).await.map_err(Error::db)?;
+        on_pool!(pool, sqlx::query_as(sql::STREAM_GET).bind(name), fetch_optional).await.map_err(Error::db)?;
     row.map(Into::into).ok_or_else(|| Error::StreamNotFound { stream: name.to_string() })
 }
 
 /// Every stream, by name.
 pub async fn list_streams(pool: &PgPool) -> Result<Vec<Stream>, Error> {
-    let rows: Vec<StreamRow> = sqlx::query_as(sql::STREAM_LIST).fetch_all(pool).await.map_err(Error::db)?;
+    let rows: Vec<StreamRow> = on_pool!(pool, sqlx::query_as(sql::STREAM_LIST), fetch_all).await.map_err(Error::db)?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
@@ -144,7 +141,7 @@ pub async fn list_streams(pool: &PgPool) -> Result<Vec<Stream>, Error> {
 pub async fn delete_stream(pool: &PgPool, name: &str) -> Result<(), Error> {
     check_name("stream", name)?;
     let deleted: Option<i32> =
-        sqlx::query_scalar(sql::STREAM_DELETE).bind(name).fetch_optional(pool).await.map_err(Error::db)?;
+        on_pool!(pool, sqlx::query_scalar(sql::STREAM_DELETE).bind(name), fetch_optional).await.map_err(Error::db)?;
     deleted.map(|_| ()).ok_or_else(|| Error::StreamNotFound { stream: name.to_string() })
 }
 
@@ -415,12 +412,10 @@ pub async fn create_consumer(
         Start::At(t) => ("time", Some(t)),
         Start::Now => ("now", None),
     };
-    let created: Option<i32> = bind_settings(sqlx::query_scalar(sql::CONSUMER_CREATE), stream, name, &options)?
+    let create = bind_settings(sqlx::query_scalar(sql::CONSUMER_CREATE), stream, name, &options)?
         .bind(start_kind)
-        .bind(start_at)
-        .fetch_optional(pool)
-        .await
-        .map_err(Error::db)?;
+        .bind(start_at);
+    let created: Option<i32> = on_pool!(pool, create, fetch_optional).await.map_err(Error::db)?;
     let existing = match get_consumer(pool, stream, name).await {
         Err(Error::ConsumerNotFound { .. }) if created.is_none() => {
             // Nothing inserted and nothing there: the stream is missing.
@@ -472,10 +467,8 @@ pub async fn update_consumer(
     check_name("stream", stream)?;
     check_name("consumer", name)?;
     options.validate()?;
-    let updated: Option<i32> = bind_settings(sqlx::query_scalar(sql::CONSUMER_UPDATE), stream, name, &options)?
-        .fetch_optional(pool)
-        .await
-        .map_err(Error::db)?;
+    let update = bind_settings(sqlx::query_scalar(sql::CONSUMER_UPDATE), stream, name, &options)?;
+    let updated: Option<i32> = on_pool!(pool, update, fetch_optional).await.map_err(Error::db)?;
     match updated {
         Some(_) => get_consumer(pool, stream, name).await,
         None => {
@@ -533,7 +526,9 @@ pub async fn get_consumer(pool: &PgPool, stream: &str, name: &str) -> Result<Con
     check_name("stream", stream)?;
     check_name("consumer", name)?;
     let row: Option<ConsumerRow> =
-        sqlx::query_as(sql::CONSUMER_GET).bind(stream).bind(name).fetch_optional(pool).await.map_err(Error::db)?;
+        on_pool!(pool, sqlx::query_as(sql::CONSUMER_GET).bind(stream).bind(name), fetch_optional)
+            .await
+            .map_err(Error::db)?;
     row.map(Into::into)
         .ok_or_else(|| Error::ConsumerNotFound { stream: stream.to_string(), consumer: name.to_string() })
 }
@@ -544,7 +539,7 @@ pub async fn list_consumers(pool: &PgPool, stream: Option<&str>) -> Result<Vec<C
         get_stream(pool, stream).await?;
     }
     let rows: Vec<ConsumerRow> =
-        sqlx::query_as(sql::CONSUMER_LIST).bind(stream).fetch_all(pool).await.map_err(Error::db)?;
+        on_pool!(pool, sqlx::query_as(sql::CONSUMER_LIST).bind(stream), fetch_all).await.map_err(Error::db)?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
@@ -552,12 +547,10 @@ pub async fn list_consumers(pool: &PgPool, stream: Option<&str>) -> Result<Vec<C
 pub async fn delete_consumer(pool: &PgPool, stream: &str, name: &str) -> Result<(), Error> {
     check_name("stream", stream)?;
     check_name("consumer", name)?;
-    let deleted: Option<i32> = sqlx::query_scalar(sql::CONSUMER_DELETE)
-        .bind(stream)
-        .bind(name)
-        .fetch_optional(pool)
-        .await
-        .map_err(Error::db)?;
+    let deleted: Option<i32> =
+        on_pool!(pool, sqlx::query_scalar(sql::CONSUMER_DELETE).bind(stream).bind(name), fetch_optional)
+            .await
+            .map_err(Error::db)?;
     match deleted {
         Some(_) => Ok(()),
         None => {
@@ -621,15 +614,13 @@ pub async fn reset_position(pool: &PgPool, stream: &str, consumer: &str, to: Rep
         }
         Replay::Now => ("now", None, None),
     };
-    let moved: Option<(i32, i64, i64, i64)> = sqlx::query_as(sql::CONSUMER_RESET)
-        .bind(stream)
-        .bind(consumer)
-        .bind(kind)
-        .bind(at)
-        .bind(event)
-        .fetch_optional(pool)
-        .await
-        .map_err(Error::db)?;
+    let moved: Option<(i32, i64, i64, i64)> = on_pool!(
+        pool,
+        sqlx::query_as(sql::CONSUMER_RESET).bind(stream).bind(consumer).bind(kind).bind(at).bind(event),
+        fetch_optional
+    )
+    .await
+    .map_err(Error::db)?;
     match moved {
         Some((_, adopted, _, _)) => {
             tracing::info!(stream, consumer, ?to, adopted, "consumer position reset");

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgExecutor;
 
 use crate::admin::duration_ms;
 use crate::error::{InvalidInput, TaskError};
 use crate::ids::{EventId, Priority, TaskState, WorkerId};
+use crate::pooler::{on_db, Db};
 use crate::publish::check_time;
 use crate::sql;
 use crate::subject::check_text;
@@ -143,7 +143,7 @@ impl<T> Message<T> {
     /// tx.commit().await?;
     /// # Ok(()) }
     /// ```
-    pub async fn ack_tx<'e>(&self, tx: impl PgExecutor<'e>) -> Result<(), TaskError> {
+    pub async fn ack_tx<'c>(&self, tx: impl Into<Db<'c>>) -> Result<(), TaskError> {
         self.check_unsettled()?;
         self.task.ack(tx).await?;
         self.settled.store(SETTLED_IN_TX, Ordering::Release);
@@ -160,7 +160,7 @@ impl<T> Message<T> {
     }
 
     /// [`Message::nack`] inside the caller's transaction.
-    pub async fn nack_tx<'e>(&self, tx: impl PgExecutor<'e>, nack: Nack) -> Result<TaskState, TaskError> {
+    pub async fn nack_tx<'c>(&self, tx: impl Into<Db<'c>>, nack: Nack) -> Result<TaskState, TaskError> {
         self.check_unsettled()?;
         let state = self.task.nack(tx, nack).await?;
         self.settled.store(SETTLED_IN_TX, Ordering::Release);
@@ -183,7 +183,7 @@ impl<T> Message<T> {
     }
 
     /// [`Message::defer`] inside the caller's transaction.
-    pub async fn defer_tx<'e>(&self, tx: impl PgExecutor<'e>, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
+    pub async fn defer_tx<'c>(&self, tx: impl Into<Db<'c>>, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
         self.check_unsettled()?;
         let (due, wait_ms) = self.task.defer_at(tx, defer).await?;
         self.shared.scheduled_in(wait_ms);
@@ -231,7 +231,7 @@ impl TaskRef {
     }
 
     /// Completes the task (deleted, or kept as completed per the consumer's retention).
-    pub async fn ack<'e>(&self, db: impl PgExecutor<'e>) -> Result<(), TaskError> {
+    pub async fn ack<'c>(&self, db: impl Into<Db<'c>>) -> Result<(), TaskError> {
         let done = ack_tasks(db, self.consumer_id, &[self.event_id.0], &[self.lease_token]).await?;
         if done.is_empty() {
             return Err(self.lost());
@@ -241,33 +241,32 @@ impl TaskRef {
 
     /// Discards or requeues the task; returns its new state (a requeue on the
     /// last attempt discards).
-    pub async fn nack<'e>(&self, db: impl PgExecutor<'e>, nack: Nack) -> Result<TaskState, TaskError> {
+    pub async fn nack<'c>(&self, db: impl Into<Db<'c>>, nack: Nack) -> Result<TaskState, TaskError> {
         if let Some(reason) = &nack.reason {
             check_text("reason", reason)?;
         }
-        let state: Option<String> = sqlx::query_scalar(sql::NACK)
+        let query = sqlx::query_scalar(sql::NACK)
             .bind(self.consumer_id)
             .bind(self.event_id.0)
             .bind(self.lease_token)
             .bind(self.worker_id.0)
             .bind(nack.action.as_str())
-            .bind(nack.reason)
-            .fetch_optional(db)
-            .await?;
+            .bind(nack.reason);
+        let state: Option<String> = on_db!(db.into(), query, fetch_optional).await?;
         let state = state.ok_or_else(|| self.lost())?;
         Ok(TaskState::from_db(&state))
     }
 
     /// Defers the task; returns the time it is due.
-    pub async fn defer<'e>(&self, db: impl PgExecutor<'e>, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
+    pub async fn defer<'c>(&self, db: impl Into<Db<'c>>, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
         Ok(self.defer_at(db, defer).await?.0)
     }
 
     /// Defers the task; returns the time it is due and the wait until then
     /// in ms, by the database's clock.
-    pub(crate) async fn defer_at<'e>(
+    pub(crate) async fn defer_at<'c>(
         &self,
-        db: impl PgExecutor<'e>,
+        db: impl Into<Db<'c>>,
         defer: Defer,
     ) -> Result<(DateTime<Utc>, i64), TaskError> {
         if let Some(reason) = &defer.reason {
@@ -287,7 +286,7 @@ impl TaskRef {
             }
             When::By(d) => (None, duration_ms("defer", d)?),
         };
-        let due: Option<(DateTime<Utc>, i64)> = sqlx::query_as(sql::DEFER)
+        let query = sqlx::query_as(sql::DEFER)
             .bind(self.consumer_id)
             .bind(self.event_id.0)
             .bind(self.lease_token)
@@ -295,9 +294,8 @@ impl TaskRef {
             .bind(until)
             .bind(delay_ms)
             .bind(defer.priority.map(|p| i16::from(p.get())))
-            .bind(defer.reason)
-            .fetch_optional(db)
-            .await?;
+            .bind(defer.reason);
+        let due: Option<(DateTime<Utc>, i64)> = on_db!(db.into(), query, fetch_optional).await?;
         due.ok_or_else(|| self.lost())
     }
 }
@@ -306,21 +304,20 @@ impl TaskRef {
 /// held under those tokens, in one statement; returns the event ids
 /// completed. A missing one lost its lease. Serves explicit acks and the
 /// batched flush.
-pub(crate) async fn ack_tasks<'e>(
-    db: impl PgExecutor<'e>,
+pub(crate) async fn ack_tasks<'c>(
+    db: impl Into<Db<'c>>,
     consumer_id: i32,
     event_ids: &[i64],
     lease_tokens: &[i64],
 ) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar(sql::ACK)
+    let ack = sqlx::query_scalar(sql::ACK)
         // Planned for each call's own arrays: a cached generic plan of this
         // join took 160 ms for 1,000 acks instead of a few (sluice-bench drain).
         .persistent(false)
         .bind(consumer_id)
         .bind(event_ids)
-        .bind(lease_tokens)
-        .fetch_all(db)
-        .await
+        .bind(lease_tokens);
+    on_db!(db.into(), ack, fetch_all).await
 }
 
 /// How to nack a task, with an optional reason kept in its errors and the log.

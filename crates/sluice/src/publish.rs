@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgExecutor;
 
 use crate::error::{Error, InvalidInput};
 use crate::ids::{EventId, Priority};
+use crate::pooler::{on_db, Db};
 use crate::sql;
 use crate::subject::{check_name, check_subject, check_text, json_has_nul};
 
@@ -136,14 +136,14 @@ impl NewEvent {
 /// let id = sluice::publish(&pool, "orders", event).await?;
 /// # Ok(()) }
 /// ```
-pub async fn publish<'e>(db: impl PgExecutor<'e>, stream: &str, event: NewEvent) -> Result<EventId, Error> {
+pub async fn publish<'c>(db: impl Into<Db<'c>>, stream: &str, event: NewEvent) -> Result<EventId, Error> {
     let ids = publish_batch(db, stream, [event]).await?;
     Ok(ids[0])
 }
 
 /// Publishes a batch of events to `stream` in one statement and returns their
 /// ids in the order given.
-pub async fn publish_batch<'e, I>(db: impl PgExecutor<'e>, stream: &str, events: I) -> Result<Vec<EventId>, Error>
+pub async fn publish_batch<'c, I>(db: impl Into<Db<'c>>, stream: &str, events: I) -> Result<Vec<EventId>, Error>
 where
     I: IntoIterator<Item = NewEvent>,
 {
@@ -170,7 +170,7 @@ where
         priorities.push(i16::from(e.priority.get()));
         deliver_at.push(e.deliver_at);
     }
-    let row: Option<(i32, Option<Vec<i64>>, i64)> = sqlx::query_as(sql::PUBLISH)
+    let publish = sqlx::query_as(sql::PUBLISH)
         .bind(stream)
         .bind(subjects)
         .bind(payloads)
@@ -178,10 +178,9 @@ where
         .bind(keys)
         .bind(priorities)
         .bind(deliver_at)
-        .bind(carries_notification(stream))
-        .fetch_optional(db)
-        .await
-        .map_err(Error::db)?;
+        .bind(carries_notification(stream));
+    let row: Option<(i32, Option<Vec<i64>>, i64)> =
+        on_db!(db.into(), publish, fetch_optional).await.map_err(Error::db)?;
     match row {
         Some((_, Some(ids), _)) => Ok(ids.into_iter().map(EventId).collect()),
         _ => Err(Error::StreamNotFound { stream: stream.to_string() }),

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool};
 
 use crate::error::Error;
+use crate::pooler::on_pool;
 use crate::sql;
 
 /// One of Sluice's tables, from the server's statistics (estimates).
@@ -65,7 +66,7 @@ struct Row {
 /// # Ok(()) }
 /// ```
 pub async fn storage_stats(pool: &PgPool) -> Result<StorageStats, Error> {
-    let rows: Vec<Row> = sqlx::query_as(sql::STORAGE_STATS).fetch_all(pool).await.map_err(Error::db)?;
+    let rows: Vec<Row> = on_pool!(pool, sqlx::query_as(sql::STORAGE_STATS), fetch_all).await.map_err(Error::db)?;
     if rows.is_empty() {
         return Err(Error::NotMigrated);
     }

@@ -5,6 +5,7 @@ use sqlx::{FromRow, PgPool};
 
 use crate::error::Error;
 use crate::ids::{EventId, Priority, TaskState, WorkerId};
+use crate::pooler::on_pool;
 use crate::sql;
 use crate::subject::{check_name, check_text};
 
@@ -96,13 +97,10 @@ fn not_found(stream: &str, consumer: &str, event_id: EventId) -> Error {
 pub async fn get_task(pool: &PgPool, stream: &str, consumer: &str, event_id: EventId) -> Result<Task, Error> {
     check_name("stream", stream)?;
     check_name("consumer", consumer)?;
-    let row: Option<TaskRow> = sqlx::query_as(sql::TASK_GET)
-        .bind(stream)
-        .bind(consumer)
-        .bind(event_id.0)
-        .fetch_optional(pool)
-        .await
-        .map_err(Error::db)?;
+    let row: Option<TaskRow> =
+        on_pool!(pool, sqlx::query_as(sql::TASK_GET).bind(stream).bind(consumer).bind(event_id.0), fetch_optional)
+            .await
+            .map_err(Error::db)?;
     match row {
         Some(row) => Ok(row.into()),
         None => {
@@ -121,7 +119,9 @@ pub async fn task_log(
     event_id: EventId,
 ) -> Result<Vec<TaskLogEntry>, Error> {
     crate::admin::get_consumer(pool, stream, consumer).await?;
-    sqlx::query_as(sql::TASK_LOG).bind(stream).bind(consumer).bind(event_id.0).fetch_all(pool).await.map_err(Error::db)
+    on_pool!(pool, sqlx::query_as(sql::TASK_LOG).bind(stream).bind(consumer).bind(event_id.0), fetch_all)
+        .await
+        .map_err(Error::db)
 }
 
 /// Cancels an available or scheduled task; it will not run. Any other state
@@ -186,14 +186,13 @@ async fn steer(
         check_text("reason", reason)?;
     }
     // The state the task had; its first column in both queries.
-    let state: Option<String> = sqlx::query_scalar(query)
-        .bind(stream)
-        .bind(consumer)
-        .bind(event_id.0)
-        .bind(reason)
-        .fetch_optional(pool)
-        .await
-        .map_err(Error::db)?;
+    let state: Option<String> = on_pool!(
+        pool,
+        sqlx::query_scalar(query).bind(stream).bind(consumer).bind(event_id.0).bind(reason),
+        fetch_optional
+    )
+    .await
+    .map_err(Error::db)?;
     let Some(state) = state else {
         crate::admin::get_consumer(pool, stream, consumer).await?;
         return Err(not_found(stream, consumer, event_id));

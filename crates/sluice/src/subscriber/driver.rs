@@ -26,6 +26,7 @@ use super::subscription::Wakeups;
 use super::{keeper, timed, ErrorBackoff, Shared, ShutdownReport, SubscriberEvent, Subscription};
 use crate::error::Error;
 use crate::message::{HandlerError, Message};
+use crate::pooler::on_pool;
 use crate::sql;
 
 /// The part of the deadline kept for handing tasks back and flushing acks
@@ -74,6 +75,9 @@ where
         let helpers = CancellationToken::new();
         let channel = format!("sluice.{}", shared.stream_id);
         let topic = match &self.sub.wakeups {
+            // Through a pooler in transaction mode, LISTEN would be answered
+            // and never heard from again: poll.
+            Wakeups::Listen if crate::pooler::in_transactions() => None,
             Wakeups::Listen => Some(Notifier::subscribe(&shared.pool.connect_options(), &channel)),
             Wakeups::ListenAt(url) => match url.parse::<PgConnectOptions>() {
                 Ok(options) => Some(Notifier::subscribe(&options, &channel)),
@@ -378,15 +382,18 @@ where
         let result = timed(
             limit,
             "handing tasks back",
-            sqlx::query_as::<_, (i64, i64)>(sql::RELEASE)
-                // Planned for each call's own arrays, as the ack is (see ack_tasks).
-                .persistent(false)
-                .bind(shared.consumer_id)
-                .bind(&events)
-                .bind(&tokens)
-                .bind(shared.worker_id)
-                .bind(&started)
-                .fetch_one(&shared.pool),
+            on_pool!(
+                &shared.pool,
+                sqlx::query_as::<_, (i64, i64)>(sql::RELEASE)
+                    // Planned for each call's own arrays, as the ack is (see ack_tasks).
+                    .persistent(false)
+                    .bind(shared.consumer_id)
+                    .bind(&events)
+                    .bind(&tokens)
+                    .bind(shared.worker_id)
+                    .bind(&started),
+                fetch_one
+            ),
         )
         .await;
         shared.registry.forget_all(keys);

@@ -20,6 +20,7 @@ use super::registry::Key;
 use super::{is_transient, panic_message, timed, ErrorBackoff, Shared};
 use crate::ids::{EventId, Priority, WorkerId};
 use crate::message::{HandlerError, Message, TaskRef, ACKED, UNSETTLED};
+use crate::pooler::on_pool;
 use crate::sql;
 
 /// How many times a failed attempt's record is tried on a connection error.
@@ -139,15 +140,18 @@ pub(crate) async fn fail(shared: &Shared, key: Key, attempt: i32, error: &str, r
         let result = timed(
             shared.db_timeout,
             "recording a failed attempt",
-            sqlx::query_as::<_, (String, Option<i64>)>(sql::FAIL)
-                .bind(shared.consumer_id)
-                .bind(event_id)
-                .bind(lease_token)
-                .bind(shared.worker_id)
-                .bind(&error)
-                .bind(delay.as_millis() as i64)
-                .bind(!retry)
-                .fetch_optional(&shared.pool),
+            on_pool!(
+                &shared.pool,
+                sqlx::query_as::<_, (String, Option<i64>)>(sql::FAIL)
+                    .bind(shared.consumer_id)
+                    .bind(event_id)
+                    .bind(lease_token)
+                    .bind(shared.worker_id)
+                    .bind(&error)
+                    .bind(delay.as_millis() as i64)
+                    .bind(!retry),
+                fetch_optional
+            ),
         )
         .await;
         match result {

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::{timed, Shared};
 use crate::error::Error;
+use crate::pooler::on_pool;
 use crate::sql;
 
 /// One claimed task with its event.
@@ -79,15 +80,18 @@ pub(crate) async fn fetch(shared: &Shared, ask: Ask) -> Result<Fetched, FetchErr
     let rows: Vec<FetchRow> = timed(
         shared.db_timeout,
         "fetching tasks",
-        sqlx::query_as(sql::FETCH)
-            .bind(shared.consumer_id)
-            .bind(shared.worker_id)
-            .bind(shared.lease_ms)
-            .bind(ask.tasks as i32)
-            .bind(ask.chunk)
-            .bind(ask.refill)
-            .bind(ask.max_bytes)
-            .fetch_all(&shared.pool),
+        on_pool!(
+            &shared.pool,
+            sqlx::query_as(sql::FETCH)
+                .bind(shared.consumer_id)
+                .bind(shared.worker_id)
+                .bind(shared.lease_ms)
+                .bind(ask.tasks as i32)
+                .bind(ask.chunk)
+                .bind(ask.refill)
+                .bind(ask.max_bytes),
+            fetch_all
+        ),
     )
     .await
     .map_err(|e| classify(shared, e))?;

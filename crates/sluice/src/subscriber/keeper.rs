@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{hostname, timed, ErrorBackoff, Shared, SubscriberEvent};
+use crate::pooler::on_pool;
 use crate::sql;
 
 /// Registers (or revives) this worker's row, with its own liveness limit.
@@ -18,13 +19,16 @@ pub(crate) async fn register(shared: &Shared) -> Result<(), sqlx::Error> {
     timed(
         shared.db_timeout,
         "registering the worker",
-        sqlx::query(sql::WORKER_REGISTER)
-            .bind(shared.worker_id)
-            .bind(shared.consumer_id)
-            .bind(hostname())
-            .bind(std::process::id() as i32)
-            .bind(shared.dead_after.as_millis() as i64)
-            .execute(&shared.pool),
+        on_pool!(
+            &shared.pool,
+            sqlx::query(sql::WORKER_REGISTER)
+                .bind(shared.worker_id)
+                .bind(shared.consumer_id)
+                .bind(hostname())
+                .bind(std::process::id() as i32)
+                .bind(shared.dead_after.as_millis() as i64),
+            execute
+        ),
     )
     .await
     .map(|_| ())
@@ -35,7 +39,11 @@ pub(crate) async fn held(shared: &Shared) -> Result<i64, sqlx::Error> {
     timed(
         shared.db_timeout,
         "counting the worker's tasks",
-        sqlx::query_scalar(sql::WORKER_HELD).bind(shared.consumer_id).bind(shared.worker_id).fetch_one(&shared.pool),
+        on_pool!(
+            &shared.pool,
+            sqlx::query_scalar(sql::WORKER_HELD).bind(shared.consumer_id).bind(shared.worker_id),
+            fetch_one
+        ),
     )
     .await
 }
@@ -45,7 +53,7 @@ pub(crate) async fn unregister(shared: &Shared) -> Result<(), sqlx::Error> {
     timed(
         shared.db_timeout,
         "unregistering the worker",
-        sqlx::query(sql::WORKER_UNREGISTER).bind(shared.worker_id).execute(&shared.pool),
+        on_pool!(&shared.pool, sqlx::query(sql::WORKER_UNREGISTER).bind(shared.worker_id), execute),
     )
     .await
     .map(|_| ())
@@ -87,15 +95,18 @@ async fn beat(shared: &Shared) -> Result<(), sqlx::Error> {
     let (registered, returned): (i64, i64) = timed(
         shared.db_timeout,
         "heartbeat",
-        sqlx::query_as(sql::HEARTBEAT)
-            // Planned for each call's own array, as the ack is (see ack_tasks).
-            .persistent(false)
-            .bind(shared.worker_id)
-            .bind(shared.consumer_id)
-            .bind(status)
-            .bind(&tokens)
-            .bind(shared.db_timeout.as_millis() as i64)
-            .fetch_one(&shared.pool),
+        on_pool!(
+            &shared.pool,
+            sqlx::query_as(sql::HEARTBEAT)
+                // Planned for each call's own array, as the ack is (see ack_tasks).
+                .persistent(false)
+                .bind(shared.worker_id)
+                .bind(shared.consumer_id)
+                .bind(status)
+                .bind(&tokens)
+                .bind(shared.db_timeout.as_millis() as i64),
+            fetch_one
+        ),
     )
     .await?;
     if returned > 0 {

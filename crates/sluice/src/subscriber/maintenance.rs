@@ -11,6 +11,7 @@ use tracing::{debug, info};
 
 use super::{timed, Shared, SubscriberEvent};
 use crate::admin::ms_to_duration;
+use crate::pooler::on_pool;
 use crate::sql;
 
 /// Rows one run touches at most per step.
@@ -30,7 +31,7 @@ pub(crate) async fn run_once(shared: &Shared) -> Result<Maintained, sqlx::Error>
     let (promoted, expired, forgotten, purged, log_purged, _woken, more, next_due_ms): Row = timed(
         shared.db_timeout,
         "housekeeping",
-        sqlx::query_as(sql::MAINTAIN).bind(shared.consumer_id).bind(BATCH).fetch_one(&shared.pool),
+        on_pool!(&shared.pool, sqlx::query_as(sql::MAINTAIN).bind(shared.consumer_id).bind(BATCH), fetch_one),
     )
     .await?;
     if expired > 0 || forgotten > 0 {
@@ -46,7 +47,7 @@ pub(crate) async fn run_once(shared: &Shared) -> Result<Maintained, sqlx::Error>
     let partitions: Result<(i32, i32), sqlx::Error> = timed(
         shared.db_timeout,
         "maintaining event partitions",
-        sqlx::query_as(sql::EVENT_PARTITIONS).fetch_one(&shared.pool),
+        on_pool!(&shared.pool, sqlx::query_as(sql::EVENT_PARTITIONS), fetch_one),
     )
     .await;
     match partitions {

@@ -42,6 +42,7 @@ use crate::admin::{duration_ms, get_stream, ms_to_duration};
 use crate::error::Error;
 use crate::ids::WorkerId;
 use crate::message::{HandlerError, Message};
+use crate::pooler::on_pool;
 use crate::sql;
 
 pub use subscription::{BackoffFn, Subscription};
@@ -254,12 +255,13 @@ where
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
     subscription.validate()?;
-    let lookup: Option<ConsumerLookup> = sqlx::query_as(sql::CONSUMER_LOOKUP)
-        .bind(&subscription.stream)
-        .bind(&subscription.consumer)
-        .fetch_optional(pool)
-        .await
-        .map_err(Error::db)?;
+    let lookup: Option<ConsumerLookup> = on_pool!(
+        pool,
+        sqlx::query_as(sql::CONSUMER_LOOKUP).bind(&subscription.stream).bind(&subscription.consumer),
+        fetch_optional
+    )
+    .await
+    .map_err(Error::db)?;
     let Some(lookup) = lookup else {
         get_stream(pool, &subscription.stream).await?;
         return Err(Error::ConsumerNotFound { stream: subscription.stream, consumer: subscription.consumer });
