@@ -136,6 +136,19 @@ async fn the_ack_probes_each_task_by_primary_key_with_or_without_statistics() {
             sqlx::query("ANALYZE sluice.tasks").execute(&db.pool).await.unwrap();
         }
         assert_reads_the_acked_tasks_only(&mut conn, &args, statistics).await;
+        // Estimated at a few units per task, so that the plan stays below
+        // jit_above_cost (100,000) for any batch the subscriber flushes: a
+        // plan above it is compiled by LLVM on every call.
+        let plan: serde_json::Value = sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) EXECUTE ack({args})"))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let cost = plan[0]["Plan"]["Total Cost"].as_f64().unwrap();
+        assert!(
+            cost / (ids.len() as f64) < 20.0,
+            "statistics {statistics}: the ack is estimated at {cost} for {} tasks",
+            ids.len()
+        );
     }
     // And it completes every one of them.
     let acked: Vec<i64> = sqlx::query_scalar(&format!("EXECUTE ack({args})")).fetch_all(&mut conn).await.unwrap();
@@ -230,4 +243,57 @@ async fn the_ack_completes_by_row_address_with_statistics_from_before_the_backlo
     .await
     .unwrap();
     assert_eq!(left, (49_000, 0));
+}
+
+/// On a large tasks table that has never been analyzed (autovacuum off or
+/// behind), the planner expects dozens of rows for each probe by primary
+/// key: 1,000 acks were estimated over jit_above_cost, and each compiled by
+/// LLVM before it ran (the drain fell to 4,000 tasks/s in sluice-bench -s
+/// pressure on the shared server). The refill turns JIT off for itself, and
+/// the subscriber runs its batched acks with it off.
+#[tokio::test]
+async fn without_statistics_a_batch_of_acks_is_estimated_over_the_jit_threshold_and_the_refill_turns_jit_off() {
+    let db = TestDb::new().await;
+    create_stream(&db.pool, "jobs", StreamOptions::default()).await.unwrap();
+    create_consumer(&db.pool, "jobs", "c", ConsumerOptions::default()).await.unwrap();
+    let consumer: i32 =
+        sqlx::query_scalar("SELECT id FROM sluice.consumers WHERE name = 'c'").fetch_one(&db.direct).await.unwrap();
+    // A million acked tasks leave their pages behind (dead rows, no VACUUM),
+    // then a thousand are running.
+    sqlx::raw_sql(&format!(
+        "INSERT INTO sluice.tasks (consumer_id, event_id, event_txid, state, priority, position, attempt, finished_at)
+         SELECT {consumer}, g, '1', 'completed', 1, g, 1, now() FROM generate_series(1, 1000000) g;
+         DELETE FROM sluice.tasks;
+         INSERT INTO sluice.tasks (consumer_id, event_id, event_txid, state, priority, position, attempt,
+                                   worker_id, lease_until)
+         SELECT {consumer}, g, '1', 'running', 1, g, 1, gen_random_uuid(), now() + interval '1 minute'
+         FROM generate_series(2000001, 2001000) g;"
+    ))
+    .execute(&db.direct)
+    .await
+    .unwrap();
+    let (ids, tokens): (Vec<i64>, Vec<i64>) = sqlx::query_as(
+        "SELECT array_agg(event_id ORDER BY event_id), array_agg(lease_token ORDER BY event_id) FROM sluice.tasks",
+    )
+    .fetch_one(&db.direct)
+    .await
+    .unwrap();
+    let (mut conn, args) = prepared_ack(&db, consumer, &ids, &tokens).await;
+    let plan: serde_json::Value =
+        sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) EXECUTE ack({args})")).fetch_one(&mut conn).await.unwrap();
+    let cost = plan[0]["Plan"]["Total Cost"].as_f64().unwrap();
+    let jit_above: f64 =
+        sqlx::query_scalar("SELECT current_setting('jit_above_cost')::float8").fetch_one(&mut conn).await.unwrap();
+    // Why the batch needs JIT off: its estimate is over the threshold.
+    assert!(
+        cost > jit_above,
+        "1,000 acks estimated at {cost}, under jit_above_cost {jit_above}: the test shows nothing"
+    );
+
+    // The refill turns JIT off for itself (the batch of acks: message.rs, ack_batch).
+    let config: Vec<String> = sqlx::query_scalar("SELECT unnest(proconfig) FROM pg_proc WHERE proname = 'fetch_v2'")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert!(config.contains(&"jit=off".to_string()), "fetch_v2 runs with {config:?}");
 }

@@ -1,4 +1,4 @@
--- revision: 5
+-- revision: 6
 -- requires: 4
 --
 -- sluice.fetch_v2: the subscriber's one round trip. Moves consumer
@@ -54,6 +54,11 @@ LANGUAGE plpgsql
 -- built from estimates on a table whose statistics lag its churn, drained
 -- several times slower (sluice-bench drain: ~7k/s generic, ~41k/s custom).
 SET plan_cache_mode = force_custom_plan
+-- And never compiled by LLVM: planned for every call, with estimates that
+-- can be far off (no statistics while autovacuum is off or behind), a
+-- statement's cost can pass jit_above_cost, and each call would then spend
+-- tens of milliseconds compiling what runs in a few.
+SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE

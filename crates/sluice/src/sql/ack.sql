@@ -15,6 +15,11 @@
 -- inside the probe for the same reason: so that the partial index cannot
 -- serve it.
 --
+-- Without statistics on a large table the planner expects dozens of rows
+-- per probe, and a subscriber's batch of 1,000 acks is estimated over
+-- jit_above_cost: the subscriber runs it with JIT off (message.rs,
+-- ack_batch).
+--
 -- The delete and the update name the row by its address and by nothing an
 -- index could serve: with the consumer's id beside the address, statistics
 -- taken before the consumer's backlog (one task expected) made the planner
