@@ -13,7 +13,7 @@ use sluice::{
     HandlerError, Message, Nack, NewEvent, StreamOptions, Subscription, TaskError, TaskRef, TaskState,
 };
 use sqlx::{Connection as _, PgConnection};
-use support::{wait_until, TestDb};
+use support::{task_states, wait_until, TestDb};
 use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -378,6 +378,13 @@ async fn reset_position_replays_from_the_beginning_an_event_a_time_or_now() {
     let replay = |to: sluice::Replay, expect: Vec<i64>| {
         let (pool, handled) = (db.pool.clone(), handled.clone());
         async move {
+            // A replay brings back completed tasks only: wait until every ack
+            // of the last round is written (the subscriber flushes them in
+            // batches, after the handlers return).
+            wait_until(WAIT, "the acks written", || async {
+                task_states(&pool, "c").await == [("completed".to_string(), 5), ("scheduled".to_string(), 1)]
+            })
+            .await;
             handled.lock().unwrap().clear();
             sluice::reset_position(&pool, "jobs", "c", to).await.unwrap();
             let n = expect.len();

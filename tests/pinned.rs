@@ -119,17 +119,8 @@ async fn the_ack_probes_each_task_by_primary_key_with_or_without_statistics() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let (ids, tokens): (Vec<i64>, Vec<i64>) = sqlx::query_as(
-        "SELECT array_agg(event_id ORDER BY event_id), array_agg(lease_token ORDER BY event_id)
-         FROM sluice.tasks WHERE state = 'running'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let (consumer, ids, tokens) = tasks_of_c(&db, "t.state = 'running'").await;
     assert_eq!(ids.len(), 1_000);
-
-    let consumer: i32 =
-        sqlx::query_scalar("SELECT id FROM sluice.consumers WHERE name = 'c'").fetch_one(&db.pool).await.unwrap();
     let (mut conn, args) = prepared_ack(&db, consumer, &ids, &tokens).await;
     for statistics in ["none", "analyzed"] {
         if statistics == "analyzed" {
@@ -160,6 +151,20 @@ async fn the_ack_probes_each_task_by_primary_key_with_or_without_statistics() {
             .await
             .unwrap();
     assert_eq!(completed, 1_000);
+}
+
+/// Consumer c's id, and the event ids and lease tokens of its tasks that
+/// match `condition` (on `t`, the tasks), in event order.
+async fn tasks_of_c(db: &TestDb, condition: &str) -> (i32, Vec<i64>, Vec<i64>) {
+    sqlx::query_as(&format!(
+        "SELECT c.id, coalesce(array_agg(t.event_id ORDER BY t.event_id) FILTER (WHERE {condition}), '{{}}'),
+                coalesce(array_agg(t.lease_token ORDER BY t.event_id) FILTER (WHERE {condition}), '{{}}')
+         FROM sluice.consumers c LEFT JOIN sluice.tasks t ON t.consumer_id = c.id
+         WHERE c.name = 'c' GROUP BY c.id"
+    ))
+    .fetch_one(&db.direct)
+    .await
+    .unwrap()
 }
 
 /// ack.sql prepared on a new connection with custom plans (as the library's
@@ -217,17 +222,8 @@ async fn the_ack_completes_by_row_address_with_statistics_from_before_the_backlo
     sqlx::query("ANALYZE sluice.tasks").execute(&db.pool).await.unwrap();
     // Then c's backlog, every task running.
     sqlx::query(&insert("c", "running", "true")).execute(&db.pool).await.unwrap();
-    let (ids, tokens): (Vec<i64>, Vec<i64>) = sqlx::query_as(
-        "SELECT array_agg(t.event_id ORDER BY t.event_id), array_agg(t.lease_token ORDER BY t.event_id)
-         FROM sluice.tasks t JOIN sluice.consumers c ON c.id = t.consumer_id
-         WHERE c.name = 'c' AND t.event_id % 50 = 0",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let (consumer, ids, tokens) = tasks_of_c(&db, "t.event_id % 50 = 0").await;
     assert_eq!(ids.len(), 1_000);
-    let consumer: i32 =
-        sqlx::query_scalar("SELECT id FROM sluice.consumers WHERE name = 'c'").fetch_one(&db.pool).await.unwrap();
     let (mut conn, args) = prepared_ack(&db, consumer, &ids, &tokens).await;
     assert_reads_the_acked_tasks_only(&mut conn, &args, "from before the backlog").await;
 
@@ -272,12 +268,7 @@ async fn without_statistics_a_batch_of_acks_is_estimated_over_the_jit_threshold_
     .execute(&db.direct)
     .await
     .unwrap();
-    let (ids, tokens): (Vec<i64>, Vec<i64>) = sqlx::query_as(
-        "SELECT array_agg(event_id ORDER BY event_id), array_agg(lease_token ORDER BY event_id) FROM sluice.tasks",
-    )
-    .fetch_one(&db.direct)
-    .await
-    .unwrap();
+    let (_, ids, tokens) = tasks_of_c(&db, "true").await;
     let (mut conn, args) = prepared_ack(&db, consumer, &ids, &tokens).await;
     let plan: serde_json::Value =
         sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) EXECUTE ack({args})")).fetch_one(&mut conn).await.unwrap();
