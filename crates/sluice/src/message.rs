@@ -300,7 +300,7 @@ impl TaskRef {
     }
 }
 
-/// A subscriber's batch of implicit acks, on its pool: [`ack_tasks`] in a
+/// A subscriber's batch of implicit acks, on its pool: ack.sql in a
 /// transaction of its own with JIT off. Without statistics (autovacuum off
 /// or behind) on a large tasks table, the planner expects dozens of rows per
 /// probe by primary key; a batch of 1,000 acks was estimated over
