@@ -811,3 +811,73 @@ async fn an_ack_racing_a_rescue_and_a_new_claim_leaves_the_new_holders_task() {
         .unwrap();
     assert_eq!(token, fresh);
 }
+
+/// Two refills of one consumer at once (issue 11): the second took the
+/// consumer's row with SKIP LOCKED, came back empty and busy, and its
+/// subscriber looked again 5 ms later, so whoever asked right after a commit
+/// won and more worker processes drained slower. Now it waits for the first
+/// and refills for itself in the same round trip.
+#[tokio::test]
+async fn a_refill_during_another_waits_for_it_and_gets_work_in_the_same_round_trip() {
+    let db = TestDb::new().await;
+    setup(&db, fast().start(sluice::Start::Beginning)).await;
+    publish_batch(&db.pool, "jobs", (0..300).map(job)).await.unwrap();
+    let consumer: i32 =
+        sqlx::query_scalar("SELECT id FROM sluice.consumers WHERE name = 'c'").fetch_one(&db.direct).await.unwrap();
+    const FETCH: &str = "SELECT count(event_id) FROM sluice.fetch_v2($1, gen_random_uuid(), interval '1 minute', 100,
+                                                                 10000, true, 1000000)";
+
+    // The first refill, in a transaction left open: it holds the consumer's row.
+    let mut first = PgConnection::connect_with(&db.options().await).await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut first).await.unwrap();
+    let claimed: i64 = sqlx::query_scalar(FETCH).bind(consumer).fetch_one(&mut first).await.unwrap();
+    assert_eq!(claimed, 100);
+
+    let second = tokio::spawn({
+        let pool = db.direct.clone();
+        async move { sqlx::query_scalar::<_, i64>(FETCH).bind(consumer).fetch_one(&pool).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "the second refill did not wait for the first");
+    sqlx::raw_sql("COMMIT").execute(&mut first).await.unwrap();
+
+    let claimed = second.await.unwrap().unwrap();
+    assert_eq!(claimed, 100, "the second refill came back without work");
+    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice.tasks WHERE state = 'running'")
+        .fetch_one(&db.direct)
+        .await
+        .unwrap();
+    let workers: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT worker_id) FROM sluice.tasks").fetch_one(&db.direct).await.unwrap();
+    assert_eq!((running, workers), (200, 2), "each refill leased its own hundred tasks");
+}
+
+/// The wait is bounded: when something other than a refill holds the
+/// consumer's row (an operator's open transaction), the refill gives up
+/// after its lock_timeout, the subscriber tries again, and carries on once
+/// the row is free.
+#[tokio::test]
+async fn a_subscriber_waits_out_a_consumer_row_held_by_an_open_transaction() {
+    let db = TestDb::new().await;
+    setup(&db, fast()).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handle = counting(&db, subscription(), &calls).await;
+    publish(&db.pool, "jobs", job(0)).await.unwrap();
+    wait_until(WAIT, "the first event is handled", || async { calls.load(Ordering::SeqCst) == 1 }).await;
+
+    let mut operator = PgConnection::connect_with(&db.options().await).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT * FROM sluice.consumers WHERE name = 'c' FOR UPDATE")
+        .execute(&mut operator)
+        .await
+        .unwrap();
+    publish_batch(&db.pool, "jobs", (1..=20).map(job)).await.unwrap();
+    // Longer than the refill's lock_timeout (2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "a refill ran while the consumer's row was held");
+    assert!(!handle.is_finished(), "the subscriber stopped: {:?}", handle.error());
+    sqlx::raw_sql("COMMIT").execute(&mut operator).await.unwrap();
+
+    wait_until(WAIT, "every event is handled once the row is free", || async { calls.load(Ordering::SeqCst) == 21 })
+        .await;
+    handle.shutdown(Duration::from_secs(5)).await;
+}

@@ -1,4 +1,4 @@
--- revision: 6
+-- revision: 7
 -- requires: 4
 --
 -- sluice.fetch_v2: the subscriber's one round trip. Moves consumer
@@ -35,10 +35,18 @@
 -- payload (always at least one task).
 --
 -- p_refill false skips the window (claim only). Only one session refills a
--- consumer at a time: busy means another holds its row (SKIP LOCKED).
+-- consumer at a time: the others wait for its row, in turn, and each then
+-- refills for itself, so that every waiting subscriber gets work in its own
+-- round trip. (With SKIP LOCKED they came back busy and empty, and looked
+-- again 5 ms later: whoever asked right after a commit won, and 2 and 4
+-- processes drained slower than one.) The wait is the refill before theirs,
+-- a few milliseconds; it is bounded by lock_timeout below, after which the
+-- call fails with lock_not_available (55P03), which the subscriber takes as
+-- busy: something else holds the row (an operator's open transaction that
+-- paused or reset the consumer, say).
 --
--- Rows: first one status row (materialized, more, busy; the task columns
--- null), then one row per claimed task (the status columns null). more: the
+-- Rows: first one status row (materialized, more, busy (always false
+-- now); the task columns null), then one row per claimed task (the status columns null). more: the
 -- window was cut; call again to continue it.
 --
 -- Errors: P0002 when the consumer does not exist; SL001 when its position is
@@ -59,6 +67,8 @@ SET plan_cache_mode = force_custom_plan
 -- statement's cost can pass jit_above_cost, and each call would then spend
 -- tens of milliseconds compiling what runs in a few.
 SET jit = off
+-- How long a refill waits for the one before it (see above).
+SET lock_timeout = '2s'
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -87,25 +97,19 @@ DECLARE
     v_paused       boolean;
     v_materialized integer := 0;
     v_more         boolean := false;
-    v_busy         boolean := false;
     v_leased       sluice.claimed_task[] := '{}';
     v_bytes        bigint := 0;
 BEGIN
     IF p_refill THEN
         -- NO KEY UPDATE, not UPDATE: the foreign-key checks of inserts into
         -- task_log and workers take KEY SHARE on this row, and a handler's
-        -- open transaction that nacked or deferred would otherwise make
-        -- every refill of the consumer busy until it ended.
-        SELECT * INTO c FROM sluice.consumers co WHERE co.id = p_consumer FOR NO KEY UPDATE SKIP LOCKED;
+        -- open transaction that nacked or deferred would otherwise hold up
+        -- every refill of the consumer until it ended.
+        SELECT * INTO c FROM sluice.consumers co WHERE co.id = p_consumer FOR NO KEY UPDATE;
         IF NOT FOUND THEN
-            IF NOT EXISTS (SELECT 1 FROM sluice.consumers co WHERE co.id = p_consumer) THEN
-                RAISE EXCEPTION 'sluice: consumer % does not exist', p_consumer USING ERRCODE = 'no_data_found';
-            END IF;
-            v_busy := true;
+            RAISE EXCEPTION 'sluice: consumer % does not exist', p_consumer USING ERRCODE = 'no_data_found';
         END IF;
-    END IF;
 
-    IF p_refill AND NOT v_busy THEN
         -- Only now, under the row lock: a snapshot taken before it could be
         -- older than the position another session stored meanwhile, and
         -- storing it would move the position back (events delivered again)
@@ -314,7 +318,9 @@ BEGIN
 
     materialized := v_materialized;
     more := v_more;
-    busy := v_busy;
+    -- Always false since revision 7 (the refill waits; see above); kept so
+    -- that the row keeps its shape.
+    busy := false;
     RETURN NEXT;
     materialized := NULL;
     more := NULL;

@@ -47,6 +47,9 @@ pub enum Scenario {
     Pinned,
     /// The drain with 1, 2, 4 worker processes.
     Scale,
+    /// Ten subscribers with nothing to do: transactions per second against the server, with
+    /// notifications and poll-only.
+    Idle,
     /// A backlog where 1 event in `--selective-every` matches the consumer's filter:
     /// drain time and fetch round trips.
     Selective,
@@ -58,7 +61,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const EACH: [Scenario; 9] = [
+    pub const EACH: [Scenario; 10] = [
         Scenario::Publish,
         Scenario::Single,
         Scenario::Drain,
@@ -66,6 +69,7 @@ impl Scenario {
         Scenario::Soak,
         Scenario::Pinned,
         Scenario::Scale,
+        Scenario::Idle,
         Scenario::Selective,
         Scenario::Pressure,
     ];
@@ -79,6 +83,7 @@ impl Scenario {
             Scenario::Soak => "soak",
             Scenario::Pinned => "pinned",
             Scenario::Scale => "scale",
+            Scenario::Idle => "idle",
             Scenario::Selective => "selective",
             Scenario::Pressure => "pressure",
             Scenario::All => "all",
@@ -154,6 +159,12 @@ pub struct BenchArgs {
     /// Subscription::poll_interval in milliseconds (notifications wake subscribers sooner).
     #[arg(long, default_value_t = 1000)]
     pub poll_interval_ms: u64,
+
+    /// Subscribers as `Subscription::new` makes them: none of --concurrency, --claim-batch,
+    /// --prefetch, --poll-interval-ms applies (the drain measures the defaults beside the tuned
+    /// setting either way).
+    #[arg(long)]
+    pub defaults: bool,
 
     /// drain: consumers of the fan-out variant.
     #[arg(long, default_value_t = 2)]
@@ -303,6 +314,7 @@ pub struct Params {
     pub claim_batch: usize,
     pub prefetch: usize,
     pub poll_interval_ms: u64,
+    pub defaults: bool,
     pub fanout: usize,
     pub rate: u64,
     pub duration_s: f64,
@@ -352,6 +364,7 @@ impl BenchArgs {
             claim_batch: self.claim_batch,
             prefetch: self.prefetch.unwrap_or(self.claim_batch),
             poll_interval_ms: self.poll_interval_ms,
+            defaults: self.defaults,
             fanout: self.fanout,
             rate: self.rate,
             duration_s: self.duration.unwrap_or(if smoke { 1.0 } else { 10.0 }),
@@ -453,6 +466,8 @@ impl Params {
             claim_batch: self.claim_batch,
             prefetch: self.prefetch,
             poll_interval: Duration::from_millis(self.poll_interval_ms),
+            defaults: self.defaults,
+            poll_only: false,
         }
     }
 
@@ -489,6 +504,9 @@ pub struct WorkerArgs {
     pub prefetch: usize,
     #[arg(long)]
     pub poll_interval_ms: u64,
+    /// `Subscription::new`'s defaults instead of the four settings above.
+    #[arg(long)]
+    pub defaults: bool,
     /// Exit after handling this many tasks; 0 runs until stdin closes or the process is killed.
     #[arg(long, default_value_t = 0)]
     pub expect: u64,

@@ -29,10 +29,31 @@ pub struct SubConfig {
     pub claim_batch: usize,
     pub prefetch: usize,
     pub poll_interval: Duration,
+    /// `Subscription::new` as it comes: the four settings above are ignored.
+    pub defaults: bool,
+    /// `Subscription::poll_only`: no LISTEN.
+    pub poll_only: bool,
 }
 
 impl SubConfig {
+    /// The same run with `Subscription::new`'s defaults.
+    pub fn as_defaults(&self) -> SubConfig {
+        SubConfig { defaults: true, ..self.clone() }
+    }
+
     pub fn subscription(&self, stream: &str, consumer: &str) -> Subscription {
+        let subscription = self.tuned(stream, consumer);
+        if self.poll_only {
+            subscription.poll_only()
+        } else {
+            subscription
+        }
+    }
+
+    fn tuned(&self, stream: &str, consumer: &str) -> Subscription {
+        if self.defaults {
+            return Subscription::new(stream, consumer);
+        }
         Subscription::new(stream, consumer)
             .concurrency(self.concurrency)
             .batch_size(self.claim_batch)

@@ -32,6 +32,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         claim_batch: args.claim_batch,
         prefetch: args.prefetch,
         poll_interval: Duration::from_millis(args.poll_interval_ms),
+        defaults: args.defaults,
+        poll_only: false,
     };
     let target = if args.expect == 0 { u64::MAX } else { args.expect };
     let progress = Progress::new(target, 0);

@@ -20,10 +20,12 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     stream_with_consumers(&pool, "drain", &["drain"]).await?;
     ctx.out.progress(&format!("drain: publishing {} events (not timed)", p.drain_n));
     publish_backlog(&pool, "drain", p.drain_n, p.batch).await?;
-    ctx.out.progress(&format!(
-        "drain: {} subscriber(s), concurrency {}, batch {}",
-        p.workers, p.concurrency, p.claim_batch
-    ));
+    let setting = if p.defaults {
+        "Subscription::new's defaults".to_string()
+    } else {
+        format!("concurrency {}, batch {}", p.concurrency, p.claim_batch)
+    };
+    ctx.out.progress(&format!("drain: {} subscriber(s), {setting}", p.workers));
     let one = drain(&pool, &config, "drain", "drain", p.drain_n, p.workers, p.timeout()).await?;
     pool.close().await;
     report.line(format!(
@@ -39,6 +41,27 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         json!({ "consumers": 1, "workers": p.workers, "n": p.drain_n, "seconds": r3(one.acked_s),
                 "handlers_done_s": r3(one.handled_s), "tasks_per_s": one.per_s().round() }),
     );
+
+    // The same drain with `Subscription::new`'s defaults, beside the setting above.
+    if !p.defaults {
+        let pool = ctx.db.pool(pool_size(p.workers)).await?;
+        stream_with_consumers(&pool, "drain_defaults", &["drain_defaults"]).await?;
+        ctx.out.progress(&format!("drain: publishing {} events (not timed), drained with the defaults", p.drain_n));
+        publish_backlog(&pool, "drain_defaults", p.drain_n, p.batch).await?;
+        let defaults = config.as_defaults();
+        let d = drain(&pool, &defaults, "drain_defaults", "drain_defaults", p.drain_n, p.workers, p.timeout()).await?;
+        pool.close().await;
+        let ratio = d.per_s() / one.per_s();
+        report.line(format!(
+            "  the same with Subscription::new's defaults: {:.3} s: {} tasks/s, {ratio:.2} of the setting above",
+            d.acked_s,
+            count(d.per_s())
+        ));
+        report.set(
+            "defaults",
+            json!({ "seconds": r3(d.acked_s), "tasks_per_s": d.per_s().round(), "of_tuned": (ratio * 100.0).round() / 100.0 }),
+        );
+    }
 
     // Fan-out: every consumer gets every event.
     let consumers: Vec<String> = (1..=p.fanout).map(|i| format!("fanout_{i}")).collect();

@@ -6,6 +6,7 @@ use crate::db::BenchDb;
 use crate::report::{Output, Report};
 
 mod drain;
+mod idle;
 mod latency;
 mod pinned;
 mod pressure;
@@ -31,6 +32,7 @@ pub async fn run(scenario: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         Scenario::Soak => soak::run(ctx).await,
         Scenario::Pinned => pinned::run(ctx).await,
         Scenario::Scale => scale::run(ctx).await,
+        Scenario::Idle => idle::run(ctx).await,
         Scenario::Selective => selective::run(ctx).await,
         Scenario::Pressure => pressure::run(ctx).await,
         Scenario::All => unreachable!("`all` is expanded when the options are read"),

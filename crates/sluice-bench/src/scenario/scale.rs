@@ -96,6 +96,7 @@ fn spawn(exe: &std::path::Path, ctx: &Ctx<'_>, stream: &str) -> anyhow::Result<W
         .args(["--claim-batch", &p.claim_batch.to_string()])
         .args(["--prefetch", &p.prefetch.to_string()])
         .args(["--poll-interval-ms", &p.poll_interval_ms.to_string()])
+        .args(p.defaults.then_some("--defaults"))
         .env("DATABASE_URL", ctx.db.url())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

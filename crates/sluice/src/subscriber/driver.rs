@@ -21,6 +21,7 @@ use super::executor::Executor;
 use super::fetcher::{self, Ask, ClaimedTask, FetchError, Fetched};
 use super::maintenance::{self, Maintained};
 use super::notifier::Notifier;
+use super::pace::Pace;
 use super::registry::Key;
 use super::subscription::Wakeups;
 use super::{keeper, timed, ErrorBackoff, Shared, ShutdownReport, SubscriberEvent, Subscription};
@@ -86,15 +87,24 @@ where
             },
             Wakeups::PollOnly => None,
         };
+        let mut pace = if self.sub.batch_fixed {
+            Pace::fixed(self.sub.batch_size)
+        } else {
+            Pace::adaptive(
+                self.sub.batch_size,
+                Subscription::BATCH_SIZE_MIN_DEFAULT,
+                Subscription::BATCH_SIZE_MAX_DEFAULT,
+            )
+        };
+        let largest_claim =
+            self.sub.batch_size.max(if self.sub.batch_fixed { 0 } else { Subscription::BATCH_SIZE_MAX_DEFAULT });
         let (acks, pending_acks, given_up, completer) =
-            completer::spawn(shared.clone(), self.sub.concurrency + self.sub.batch_size);
+            completer::spawn(shared.clone(), self.sub.concurrency + largest_claim);
         let keeper = tokio::spawn(keeper::run(shared.clone(), self.sub.heartbeat, helpers.clone()).in_current_span());
         let executor = Executor::new(shared.clone(), self.handler.clone(), acks, self.sub.handler_timeout);
 
         let concurrency = self.sub.concurrency;
-        let batch = self.sub.batch_size;
-        let prefetch = self.sub.prefetch.unwrap_or(batch);
-        let mut buffer: VecDeque<ClaimedTask> = VecDeque::with_capacity(batch);
+        let mut buffer: VecDeque<ClaimedTask> = VecDeque::with_capacity(pace.claim());
         let mut running: JoinSet<()> = JoinSet::new();
         let mut running_keys: HashMap<tokio::task::Id, Key> = HashMap::new();
         // dirty: the stream may hold events not yet materialized.
@@ -115,6 +125,8 @@ where
         // At most one fetch runs at a time, beside the handlers: while it
         // waits on the database, handlers keep starting from the buffer.
         let mut fetching: Option<JoinHandle<Result<Fetched, FetchError>>> = None;
+        // How many tasks the fetch under way asked for.
+        let mut asked = 0;
         let mut maintaining: Option<JoinHandle<Result<Maintained, sqlx::Error>>> = None;
 
         loop {
@@ -123,6 +135,9 @@ where
                 let key = task.key();
                 let handle = running.spawn(executor.clone().run(task).in_current_span());
                 running_keys.insert(handle.id(), key);
+            }
+            if fetching.is_some() && buffer.is_empty() && running.len() < concurrency {
+                pace.starved();
             }
             if self.stop.is_cancelled() || self.failure.get().is_some() {
                 break;
@@ -144,6 +159,8 @@ where
                 maintaining = Some(tokio::spawn(run.in_current_span()));
             }
             // Fetch when a good part of a batch fits, or when handlers would idle.
+            let batch = pace.claim();
+            let prefetch = self.sub.prefetch.unwrap_or(batch);
             let room = (concurrency + prefetch).saturating_sub(running.len() + buffer.len());
             let worth_it = room >= (batch / 2).max(1) || (room > 0 && buffer.is_empty());
             if fetching.is_none() && db_ok && worth_it && (dirty || !idle) {
@@ -153,6 +170,7 @@ where
                     max_bytes: self.sub.max_batch_bytes,
                     refill: dirty,
                 };
+                asked = ask.tasks;
                 let shared = shared.clone();
                 let run = async move { fetcher::fetch(&shared, ask).await };
                 fetching = Some(tokio::spawn(run.in_current_span()));
@@ -174,9 +192,10 @@ where
                     match result {
                         Ok(fetched) => {
                             errors.reset();
+                            pace.fetched(asked, fetched.tasks.len(), buffer.len());
                             if fetched.busy {
-                                // Another subscriber is refilling: look again
-                                // shortly, in case events came after its snapshot.
+                                // The consumer's row is held (not by a refill,
+                                // which it would have waited for): look again shortly.
                                 dirty = true;
                                 pause_until = Some(Instant::now() + Duration::from_millis(5));
                             }

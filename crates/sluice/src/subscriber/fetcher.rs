@@ -31,7 +31,8 @@ impl ClaimedTask {
 pub(crate) struct Fetched {
     /// The window was cut: more events wait to be materialized.
     pub(crate) more: bool,
-    /// Another subscriber was refilling the consumer.
+    /// The consumer's row stayed locked past the refill's lock_timeout
+    /// (an operator's open transaction, say): nothing was fetched.
     pub(crate) busy: bool,
     pub(crate) materialized: usize,
     /// In claim order: priority, then queue position.
@@ -77,7 +78,7 @@ pub(crate) struct Ask {
 
 pub(crate) async fn fetch(shared: &Shared, ask: Ask) -> Result<Fetched, FetchError> {
     let started = std::time::Instant::now();
-    let rows: Vec<FetchRow> = timed(
+    let rows: Result<Vec<FetchRow>, sqlx::Error> = timed(
         shared.db_timeout,
         "fetching tasks",
         on_pool!(
@@ -93,8 +94,18 @@ pub(crate) async fn fetch(shared: &Shared, ask: Ask) -> Result<Fetched, FetchErr
             fetch_all
         ),
     )
-    .await
-    .map_err(|e| classify(shared, e))?;
+    .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        // lock_not_available: the refill waited its lock_timeout for the
+        // consumer's row. Refills of other subscribers hold it for a few
+        // milliseconds each; this long, something else holds it.
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => {
+            tracing::debug!("the consumer's row stayed locked; fetching again shortly");
+            return Ok(Fetched { more: false, busy: true, materialized: 0, tasks: Vec::new() });
+        }
+        Err(e) => return Err(classify(shared, e)),
+    };
 
     let mut rows = rows.into_iter();
     let (materialized, more, busy, ..) = rows.next().ok_or_else(|| FetchError::Db(sqlx::Error::RowNotFound))?;

@@ -21,6 +21,7 @@ mod fetcher;
 mod keeper;
 mod maintenance;
 mod notifier;
+mod pace;
 mod registry;
 mod subscription;
 

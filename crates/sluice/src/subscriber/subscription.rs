@@ -38,6 +38,8 @@ pub struct Subscription {
     pub(crate) consumer: String,
     pub(crate) concurrency: usize,
     pub(crate) batch_size: usize,
+    /// Set by `batch_size`: the claim size does not adapt.
+    pub(crate) batch_fixed: bool,
     pub(crate) max_batch_bytes: i64,
     pub(crate) poll_interval: Duration,
     pub(crate) lease: Option<Duration>,
@@ -80,8 +82,14 @@ impl std::fmt::Debug for Subscription {
 impl Subscription {
     /// Handlers running at once, by default.
     pub const CONCURRENCY_DEFAULT: usize = 16;
-    /// Tasks one claim takes at most, by default.
+    /// Tasks the first claim takes at most, by default; later claims adapt
+    /// between [`BATCH_SIZE_MIN_DEFAULT`](Self::BATCH_SIZE_MIN_DEFAULT) and
+    /// [`BATCH_SIZE_MAX_DEFAULT`](Self::BATCH_SIZE_MAX_DEFAULT).
     pub const BATCH_SIZE_DEFAULT: usize = 100;
+    /// The smallest claim an adapting subscriber makes.
+    pub const BATCH_SIZE_MIN_DEFAULT: usize = 10;
+    /// The largest claim an adapting subscriber makes.
+    pub const BATCH_SIZE_MAX_DEFAULT: usize = 1_000;
     /// Payload bytes one claim takes at most (about), by default: 64 MiB.
     pub const MAX_BATCH_BYTES_DEFAULT: i64 = 64 << 20;
     /// How often to look for work without a notification, by default.
@@ -96,7 +104,8 @@ impl Subscription {
     pub const REFILL_CHUNK_DEFAULT: i32 = 10_000;
 
     /// A subscription to consumer `consumer` of stream `stream`, with the
-    /// defaults: concurrency 16, batch size 100 (and 64 MiB), poll interval
+    /// defaults: concurrency 16, a claim size that adapts from 100 tasks
+    /// between 10 and 1,000 (and at most 64 MiB), poll interval
     /// 1 s, heartbeat 5 s, dead after 15 s, the consumer's lease, no handler
     /// timeout.
     pub fn new(stream: impl Into<String>, consumer: impl Into<String>) -> Self {
@@ -105,6 +114,7 @@ impl Subscription {
             consumer: consumer.into(),
             concurrency: Self::CONCURRENCY_DEFAULT,
             batch_size: Self::BATCH_SIZE_DEFAULT,
+            batch_fixed: false,
             max_batch_bytes: Self::MAX_BATCH_BYTES_DEFAULT,
             poll_interval: Self::POLL_INTERVAL_DEFAULT,
             lease: None,
@@ -125,10 +135,19 @@ impl Subscription {
         self
     }
 
-    /// How many tasks one claim takes at most (default 100). At most this
-    /// many claimed tasks wait in memory for a free handler.
+    /// How many tasks one claim takes at most, fixed. At most this many
+    /// claimed tasks wait in memory for a free handler (unless
+    /// [`prefetch`](Self::prefetch) says otherwise).
+    ///
+    /// By default the claim size adapts: it starts at 100, doubles (up to
+    /// 1,000) while handlers wait on fetches that come back full, and halves
+    /// (down to 10) while half a claim is still waiting for handlers when
+    /// the next fetch returns. Quick handlers with a backlog so get large
+    /// claims (a fetch costs a few milliseconds whatever its size), and slow
+    /// ones keep few tasks in memory, where other workers cannot take them.
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n;
+        self.batch_fixed = true;
         self
     }
 
@@ -193,7 +212,7 @@ impl Subscription {
     }
 
     /// How many claimed tasks may wait in memory for a free handler
-    /// (default: the batch size). Zero claims only for idle handlers, so
+    /// (default: the claim size, fixed or adapting). Zero claims only for idle handlers, so
     /// tasks are started in exactly the order they are claimed.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = Some(n);
