@@ -166,6 +166,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub defaults: bool,
 
+    /// Run every Sluice statement as under PgBouncer before 1.21 in transaction pooling
+    /// (`sluice::set_pooling(Pooling::Transactions)`: each in a transaction of its own, unnamed,
+    /// subscribers poll), straight to the server: what those extra round trips cost.
+    #[arg(long)]
+    pub pooling_transactions: bool,
+
     /// drain: consumers of the fan-out variant.
     #[arg(long, default_value_t = 2)]
     pub fanout: usize,
@@ -315,6 +321,7 @@ pub struct Params {
     pub prefetch: usize,
     pub poll_interval_ms: u64,
     pub defaults: bool,
+    pub pooling_transactions: bool,
     pub fanout: usize,
     pub rate: u64,
     pub duration_s: f64,
@@ -365,6 +372,7 @@ impl BenchArgs {
             prefetch: self.prefetch.unwrap_or(self.claim_batch),
             poll_interval_ms: self.poll_interval_ms,
             defaults: self.defaults,
+            pooling_transactions: self.pooling_transactions,
             fanout: self.fanout,
             rate: self.rate,
             duration_s: self.duration.unwrap_or(if smoke { 1.0 } else { 10.0 }),
@@ -507,6 +515,9 @@ pub struct WorkerArgs {
     /// `Subscription::new`'s defaults instead of the four settings above.
     #[arg(long)]
     pub defaults: bool,
+    /// `sluice::set_pooling(Pooling::Transactions)` first.
+    #[arg(long)]
+    pub pooling_transactions: bool,
     /// Exit after handling this many tasks; 0 runs until stdin closes or the process is killed.
     #[arg(long, default_value_t = 0)]
     pub expect: u64,

@@ -24,6 +24,9 @@ pub fn init_tracing() {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let params = args.params()?;
+    if params.pooling_transactions {
+        sluice::set_pooling(sluice::Pooling::Transactions);
+    }
     let _ = crate::work::STORAGE.set((params.event_retention_secs, params.partition_span));
     if !args.private_cluster {
         return bench(&args, &params, &args.database_url, None).await;

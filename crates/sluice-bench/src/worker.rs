@@ -25,6 +25,9 @@ pub const EXIT: &str = "exit ";
 pub const PEAK_RSS: &str = "peak_rss_kb=";
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    if args.pooling_transactions {
+        sluice::set_pooling(sluice::Pooling::Transactions);
+    }
     let options = PgConnectOptions::from_str(&args.database_url)?;
     let pool = crate::db::pool(options, pool_size(1)).await?;
     let config = SubConfig {

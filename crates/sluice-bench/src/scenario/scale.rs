@@ -97,6 +97,7 @@ fn spawn(exe: &std::path::Path, ctx: &Ctx<'_>, stream: &str) -> anyhow::Result<W
         .args(["--prefetch", &p.prefetch.to_string()])
         .args(["--poll-interval-ms", &p.poll_interval_ms.to_string()])
         .args(p.defaults.then_some("--defaults"))
+        .args(p.pooling_transactions.then_some("--pooling-transactions"))
         .env("DATABASE_URL", ctx.db.url())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
