@@ -11,7 +11,8 @@ use sqlx::PgPool;
 use support::{sluice_tables as tables, TestDb, SLUICE_TABLES as TABLES};
 
 const TYPES: [&str; 3] = ["task_action", "task_state", "worker_status"];
-const FUNCTIONS: [&str; 11] = [
+const FUNCTIONS: [&str; 12] = [
+    "ack_v1",
     "copy_table_access",
     "delete_consumer_tasks",
     "fetch",

@@ -197,12 +197,15 @@ async fn tasks_of_c(db: &TestDb, condition: &str) -> (i32, Vec<i64>, Vec<i64>) {
     .unwrap()
 }
 
-/// ack.sql prepared on a new connection with custom plans (as the library's
-/// calls get them), and the arguments that ack `ids` with `tokens`.
+/// The statement of `sluice.ack_v1` prepared on a new connection with
+/// custom plans and JIT off (as the function runs it), and the arguments
+/// that ack `ids` with `tokens`.
 async fn prepared_ack(db: &TestDb, consumer: i32, ids: &[i64], tokens: &[i64]) -> (PgConnection, String) {
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
-    sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut conn).await.unwrap();
-    let ack = include_str!("../crates/sluice/src/sql/ack.sql");
+    sqlx::raw_sql("SET plan_cache_mode = force_custom_plan; SET jit = off").execute(&mut conn).await.unwrap();
+    let function = include_str!("../migrations/functions/ack_v1.sql");
+    let body = function.split_once("RETURN QUERY").and_then(|(_, rest)| rest.split_once(";\nEND;")).unwrap().0;
+    let ack = body.replace("p_consumer", "$1").replace("p_events", "$2").replace("p_tokens", "$3");
     sqlx::raw_sql(&format!("PREPARE ack(integer, bigint[], bigint[]) AS {ack}")).execute(&mut conn).await.unwrap();
     let list = |xs: &[i64]| xs.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
     (conn, format!("{consumer}, '{{{}}}', '{{{}}}'", list(ids), list(tokens)))
@@ -275,8 +278,8 @@ async fn the_ack_completes_by_row_address_with_statistics_from_before_the_backlo
 /// behind), the planner expects dozens of rows for each probe by primary
 /// key: 1,000 acks were estimated over jit_above_cost, and each compiled by
 /// LLVM before it ran (the drain fell to 4,000 tasks/s in sluice-bench -s
-/// pressure on the shared server). The refill turns JIT off for itself, and
-/// the subscriber runs its batched acks with it off.
+/// pressure on the shared server). The refill and the ack (functions) turn
+/// JIT off for themselves.
 #[tokio::test]
 async fn without_statistics_a_batch_of_acks_is_estimated_over_the_jit_threshold_and_the_refill_turns_jit_off() {
     let db = TestDb::new().await;
@@ -311,10 +314,13 @@ async fn without_statistics_a_batch_of_acks_is_estimated_over_the_jit_threshold_
         "1,000 acks estimated at {cost}, under jit_above_cost {jit_above}: the test shows nothing"
     );
 
-    // The refill turns JIT off for itself (the batch of acks: message.rs, ack_batch).
-    let config: Vec<String> = sqlx::query_scalar("SELECT unnest(proconfig) FROM pg_proc WHERE proname = 'fetch_v2'")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-    assert!(config.contains(&"jit=off".to_string()), "fetch_v2 runs with {config:?}");
+    // The ack and the refill turn JIT off for themselves.
+    for function in ["ack_v1", "fetch_v2"] {
+        let config: Vec<String> = sqlx::query_scalar("SELECT unnest(proconfig) FROM pg_proc WHERE proname = $1")
+            .bind(function)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert!(config.contains(&"jit=off".to_string()), "{function} runs with {config:?}");
+    }
 }

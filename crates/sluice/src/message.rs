@@ -300,53 +300,19 @@ impl TaskRef {
     }
 }
 
-/// A subscriber's batch of implicit acks, on its pool: ack.sql in a
-/// transaction of its own with JIT off. Without statistics (autovacuum off
-/// or behind) on a large tasks table, the planner expects dozens of rows per
-/// probe by primary key; a batch of 1,000 acks was estimated over
-/// `jit_above_cost`, and every flush spent its time compiling with LLVM (the
-/// drain fell to 4,000 tasks/s in `sluice-bench -s pressure` on the shared
-/// server). Three round trips more per batch, none per task.
-pub(crate) async fn ack_batch(
-    pool: &sqlx::PgPool,
-    consumer_id: i32,
-    event_ids: &[i64],
-    lease_tokens: &[i64],
-) -> Result<Vec<i64>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL jit = off").persistent(false).execute(&mut *tx).await?;
-    let done = ack_query(consumer_id, event_ids, lease_tokens).fetch_all(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(done)
-}
-
 /// Completes the tasks `(event_ids[i], lease_tokens[i])` of a consumer still
 /// held under those tokens, in one statement; returns the event ids
 /// completed. A missing one lost its lease. Serves explicit acks and the
-/// batched flush.
+/// subscriber's batched flush: one round trip either way (`sluice.ack_v1`
+/// plans its statement for each call's arrays, with JIT off).
 pub(crate) async fn ack_tasks<'c>(
     db: impl Into<Db<'c>>,
     consumer_id: i32,
     event_ids: &[i64],
     lease_tokens: &[i64],
 ) -> Result<Vec<i64>, sqlx::Error> {
-    let ack = ack_query(consumer_id, event_ids, lease_tokens);
+    let ack = sqlx::query_scalar(sql::ACK).bind(consumer_id).bind(event_ids).bind(lease_tokens);
     on_db!(db.into(), ack, fetch_all).await
-}
-
-/// ack.sql with its arguments bound.
-fn ack_query<'q>(
-    consumer_id: i32,
-    event_ids: &'q [i64],
-    lease_tokens: &'q [i64],
-) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments> {
-    sqlx::query_scalar(sql::ACK)
-        // Planned for each call's own arrays: a cached generic plan of this
-        // join took 160 ms for 1,000 acks instead of a few (sluice-bench drain).
-        .persistent(false)
-        .bind(consumer_id)
-        .bind(event_ids)
-        .bind(lease_tokens)
 }
 
 /// How to nack a task, with an optional reason kept in its errors and the log.

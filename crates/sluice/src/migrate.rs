@@ -22,6 +22,7 @@ static EMBEDDED: Migrator = sqlx::migrate!("../../migrations");
 /// rolling deploy never puts an older body back. A change of signature or meaning gets a
 /// new name (`fetch_v3`), so old and new workers can run side by side.
 const FUNCTIONS: &[Function] = &[
+    Function::new("ack_v1", include_str!("../../../migrations/functions/ack_v1.sql")),
     Function::new("fetch_v2", include_str!("../../../migrations/functions/fetch_v2.sql")),
     Function::new(
         "maintain_event_partitions",

@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::registry::Key;
 use super::{timed, ErrorBackoff, Shared, SubscriberEvent};
-use crate::message::ack_batch;
+use crate::message::ack_tasks;
 
 /// Acks written by one statement at most.
 pub(crate) const MAX_FLUSH: usize = 5_000;
@@ -94,7 +94,7 @@ async fn flush(shared: &Shared, batch: &[Key]) -> (usize, usize) {
     for tries in 1..=FLUSH_TRIES {
         let started = std::time::Instant::now();
         let result =
-            timed(shared.db_timeout, "flushing acks", ack_batch(&shared.pool, shared.consumer_id, &events, &tokens))
+            timed(shared.db_timeout, "flushing acks", ack_tasks(&shared.pool, shared.consumer_id, &events, &tokens))
                 .await;
         match result {
             Ok(acked) => {
