@@ -7,10 +7,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use sluice::{
-    create_consumer, create_stream, delete_consumer, publish, sub, ConsumerOptions, HandlerError, Message, NewEvent,
-    Start, StreamOptions, Subscription,
+    create_consumer, create_stream, delete_consumer, publish, ConsumerOptions, NewEvent, Start, StreamOptions,
+    Subscription,
 };
 use sqlx::Connection as _;
 use support::{wait_until, TestDb};
@@ -45,20 +45,8 @@ async fn setup(db: &TestDb) {
 }
 
 async fn recorder(db: &TestDb, consumer: &str, seen: &Arc<Mutex<Vec<i64>>>) -> sluice::SubscriberHandle {
-    let seen = seen.clone();
-    sub(
-        &db.pool,
-        Subscription::new("jobs", consumer).poll_interval(Duration::from_millis(100)),
-        move |msg: Message<Value>| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().unwrap().push(msg.payload()["n"].as_i64().unwrap());
-                Ok::<_, HandlerError>(())
-            }
-        },
-    )
-    .await
-    .unwrap()
+    let subscription = Subscription::new("jobs", consumer).poll_interval(Duration::from_millis(100));
+    support::record_n(&db.pool, subscription, seen).await
 }
 
 /// One publish per transaction, so the events spread over many partitions.

@@ -75,16 +75,7 @@ async fn listening_sessions(db: &TestDb, application: Option<&str>) -> i64 {
 }
 
 async fn counting(db: &TestDb, subscription: Subscription, seen: &Arc<Mutex<Vec<i64>>>) -> sluice::SubscriberHandle {
-    let seen = seen.clone();
-    sub(&db.pool, subscription, move |msg: Message<Value>| {
-        let seen = seen.clone();
-        async move {
-            seen.lock().unwrap().push(msg.payload()["n"].as_i64().unwrap());
-            Ok::<_, HandlerError>(())
-        }
-    })
-    .await
-    .unwrap()
+    support::record_n(&db.pool, subscription, seen).await
 }
 
 #[tokio::test]

@@ -263,3 +263,22 @@ pub async fn demo_database(name: &str) -> PgPool {
     admin.close().await.ok();
     PgPoolOptions::new().max_connections(10).connect_with(server.clone().database(name)).await.expect("connect")
 }
+
+/// Subscribes with a handler that records each payload's number `n` into
+/// `seen` and acks.
+pub async fn record_n(
+    pool: &PgPool,
+    subscription: sluice::Subscription,
+    seen: &std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+) -> sluice::SubscriberHandle {
+    let seen = seen.clone();
+    sluice::sub(pool, subscription, move |msg: sluice::Message<serde_json::Value>| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().expect("seen poisoned").push(msg.payload()["n"].as_i64().expect("a payload with n"));
+            Ok::<_, sluice::HandlerError>(())
+        }
+    })
+    .await
+    .expect("the subscriber starts")
+}

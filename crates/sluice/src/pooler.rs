@@ -24,8 +24,9 @@ pub enum Pooling {
     /// Through a pooler in transaction mode that does not keep prepared
     /// statements (PgBouncer before 1.21). Every statement Sluice runs on a
     /// pool goes, unnamed, into a transaction of its own; a publish, ack,
-    /// nack or defer given a connection already in a transaction runs in a
-    /// savepoint of it. Two round trips more per statement, so prefer a
+    /// nack or defer given a connection already in a transaction runs in
+    /// it, unnamed. Two round trips more per statement outside a
+    /// transaction, so prefer a
     /// pooler that keeps prepared statements. Subscriptions without a
     /// [`listen_url`](crate::Subscription::listen_url) poll: LISTEN through
     /// such a pooler never hears anything.
@@ -38,25 +39,24 @@ static POOLING: AtomicU8 = AtomicU8::new(0);
 /// [`Pooling::Direct`]); returns the previous setting. Statements already
 /// under way finish as they started.
 pub fn set_pooling(pooling: Pooling) -> Pooling {
-    let was = POOLING.swap(pooling as u8, Ordering::Relaxed);
-    if was == Pooling::Transactions as u8 {
-        Pooling::Transactions
-    } else {
-        Pooling::Direct
-    }
+    decode(POOLING.swap(pooling as u8, Ordering::Relaxed))
 }
 
 /// How this process's Sluice statements reach Postgres (see [`set_pooling`]).
 pub fn pooling() -> Pooling {
-    if in_transactions() {
+    decode(POOLING.load(Ordering::Relaxed))
+}
+
+pub(crate) fn in_transactions() -> bool {
+    pooling() == Pooling::Transactions
+}
+
+fn decode(stored: u8) -> Pooling {
+    if stored == Pooling::Transactions as u8 {
         Pooling::Transactions
     } else {
         Pooling::Direct
     }
-}
-
-pub(crate) fn in_transactions() -> bool {
-    POOLING.load(Ordering::Relaxed) == Pooling::Transactions as u8
 }
 
 /// `on_pool!(pool, query, method)`: runs sqlx's `query.method(pool)`, or,
@@ -66,15 +66,24 @@ macro_rules! on_pool {
     ($pool:expr, $query:expr, $method:ident) => {
         async {
             if $crate::pooler::in_transactions() {
-                let mut tx = $pool.begin().await?;
-                let out = $query.persistent(false).$method(&mut *tx).await?;
-                tx.commit().await?;
-                Ok::<_, sqlx::Error>(out)
+                $crate::pooler::in_own_transaction!($pool, $query, $method)
             } else {
                 $query.$method($pool).await
             }
         }
     };
+}
+
+/// `in_own_transaction!(begins, query, method)`: begins a transaction on
+/// `begins` (a pool or a connection), runs the query unnamed in it, and
+/// commits. Awaited in place; its value is a `Result<_, sqlx::Error>`.
+macro_rules! in_own_transaction {
+    ($begins:expr, $query:expr, $method:ident) => {{
+        let mut tx = $begins.begin().await?;
+        let out = $query.persistent(false).$method(&mut *tx).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(out)
+    }};
 }
 
 /// Where a statement of Sluice's runs: a pool, or a connection (perhaps in
@@ -122,10 +131,7 @@ macro_rules! on_db {
             match $db {
                 $crate::pooler::Db::Pool(pool) => $crate::pooler::on_pool!(pool, $query, $method).await,
                 $crate::pooler::Db::Conn(conn) if $crate::pooler::in_transactions() && !conn.is_in_transaction() => {
-                    let mut tx = conn.begin().await?;
-                    let out = $query.persistent(false).$method(&mut *tx).await?;
-                    tx.commit().await?;
-                    Ok::<_, sqlx::Error>(out)
+                    $crate::pooler::in_own_transaction!(conn, $query, $method)
                 }
                 $crate::pooler::Db::Conn(conn) if $crate::pooler::in_transactions() => {
                     $query.persistent(false).$method(&mut *conn).await
@@ -136,4 +142,4 @@ macro_rules! on_db {
     };
 }
 
-pub(crate) use {on_db, on_pool};
+pub(crate) use {in_own_transaction, on_db, on_pool};

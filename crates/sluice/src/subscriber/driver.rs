@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use sqlx::postgres::PgConnectOptions;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
@@ -80,11 +79,9 @@ where
             // and never heard from again: poll.
             Wakeups::Listen if crate::pooler::in_transactions() => None,
             Wakeups::Listen => Some(Notifier::subscribe(&shared.pool.connect_options(), &channel)),
-            Wakeups::ListenAt(url) => match url.parse::<PgConnectOptions>() {
-                Ok(options) => Some(Notifier::subscribe(&options, &channel)),
-                // Checked when the subscription was validated.
-                Err(_) => None,
-            },
+            Wakeups::ListenAt(Ok(options)) => Some(Notifier::subscribe(options, &channel)),
+            // Refused when the subscription was validated.
+            Wakeups::ListenAt(Err(_)) => None,
             Wakeups::PollOnly => None,
         };
         let mut pace = if self.sub.batch_fixed {

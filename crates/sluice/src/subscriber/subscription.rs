@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::postgres::PgConnectOptions;
+
 use crate::error::InvalidInput;
 use crate::subject::check_name;
 
@@ -11,12 +13,13 @@ use crate::subject::check_name;
 pub type BackoffFn = Arc<dyn Fn(i32) -> Duration + Send + Sync>;
 
 /// Where a subscriber hears that events were published.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) enum Wakeups {
     /// LISTEN on a connection like the pool's (one per process and database).
     Listen,
-    /// LISTEN on a connection to this URL.
-    ListenAt(String),
+    /// LISTEN on a connection to this URL, parsed when it was given (the
+    /// error is reported when the subscription is validated).
+    ListenAt(Result<Box<PgConnectOptions>, String>),
     /// No LISTEN: polls only.
     PollOnly,
 }
@@ -243,7 +246,8 @@ impl Subscription {
     /// never hears anything. One such connection serves every subscriber of
     /// the process with the same URL.
     pub fn listen_url(mut self, url: impl Into<String>) -> Self {
-        self.wakeups = Wakeups::ListenAt(url.into());
+        let url: String = url.into();
+        self.wakeups = Wakeups::ListenAt(url.parse::<PgConnectOptions>().map(Box::new).map_err(|e| e.to_string()));
         self
     }
 
@@ -281,13 +285,11 @@ impl Subscription {
         if self.refill_chunk < 1 {
             return setting("refill_chunk", "at least 1 event per refill");
         }
-        if let Wakeups::ListenAt(url) = &self.wakeups {
-            if let Err(e) = url.parse::<sqlx::postgres::PgConnectOptions>() {
-                return Err(InvalidInput::Setting {
-                    setting: "listen_url",
-                    reason: format!("not a Postgres connection URL: {e}"),
-                });
-            }
+        if let Wakeups::ListenAt(Err(e)) = &self.wakeups {
+            return Err(InvalidInput::Setting {
+                setting: "listen_url",
+                reason: format!("not a Postgres connection URL: {e}"),
+            });
         }
         Ok(())
     }
