@@ -475,7 +475,7 @@ async fn bad_input_gets_typed_errors_that_name_the_thing_and_changes_nothing() {
     let db = TestDb::new().await;
     setup(&db, &[("c", ConsumerOptions::default().include(["orders.>"]))]).await;
     publish(&db.pool, "orders", event("orders.one", 1)).await.unwrap();
-    let before = counts(&db.pool).await;
+    let before = counts(&db.direct).await;
 
     let e = publish(&db.pool, "nope", event("orders.x", 1)).await.unwrap_err();
     assert!(matches!(&e, Error::StreamNotFound { stream } if stream == "nope"), "{e:?}");
@@ -534,7 +534,7 @@ async fn bad_input_gets_typed_errors_that_name_the_thing_and_changes_nothing() {
     assert!(matches!(&e, Error::StreamConflict { .. }) && e.to_string().contains("event_retention"), "{e:?}");
     create_stream(&db.pool, "orders", StreamOptions::default()).await.unwrap();
 
-    assert_eq!(counts(&db.pool).await, before, "nothing stored changed");
+    assert_eq!(counts(&db.direct).await, before, "nothing stored changed");
 }
 
 #[tokio::test]
