@@ -680,3 +680,40 @@ async fn a_subscriber_survives_its_connections_being_killed() {
     h.shutdown(Duration::from_secs(5)).await;
     assert_eq!(seen.len(), 101);
 }
+
+/// A paused consumer's subscriber keeps running and claims nothing; its
+/// events accumulate as available tasks, and all of them are handled once
+/// it is resumed. Pausing an unknown consumer or stream is a typed error.
+#[tokio::test]
+async fn a_paused_consumer_claims_nothing_until_resumed_and_misses_nothing() {
+    let db = TestDb::new().await;
+    setup(&db, &[("c", ConsumerOptions::default())]).await;
+    let seen = Seen::default();
+    let h = recorder(&db.pool, "orders", "c", &seen).await;
+    publish(&db.pool, "orders", event("orders.first", 0)).await.unwrap();
+    wait_until(WAIT, "the first event", || async { seen.len() == 1 }).await;
+
+    let paused = sluice::pause_consumer(&db.pool, "orders", "c").await.unwrap();
+    assert!(paused.paused);
+    assert!(sluice::pause_consumer(&db.pool, "orders", "c").await.unwrap().paused, "pausing twice is no error");
+    publish_batch(&db.pool, "orders", (1..=20).map(|i| event("orders.while_paused", i))).await.unwrap();
+    wait_until(WAIT, "the paused consumer's events waiting as available tasks", || async {
+        task_states(&db.direct, "c").await == vec![("available".to_string(), 20)]
+    })
+    .await;
+    // Several polls later, still nothing claimed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(seen.len(), 1, "a paused consumer's subscriber claimed tasks");
+    assert!(!h.is_finished());
+
+    let resumed = sluice::resume_consumer(&db.pool, "orders", "c").await.unwrap();
+    assert!(!resumed.paused);
+    wait_until(WAIT, "every event once resumed", || async { seen.len() == 21 }).await;
+    h.shutdown(Duration::from_secs(5)).await;
+
+    let missing = sluice::pause_consumer(&db.pool, "orders", "nobody").await.unwrap_err();
+    assert!(matches!(missing, sluice::Error::ConsumerNotFound { .. }), "{missing:?}");
+    let missing = sluice::resume_consumer(&db.pool, "nowhere", "c").await.unwrap_err();
+    assert!(matches!(missing, sluice::Error::StreamNotFound { .. }), "{missing:?}");
+    assert!(!sluice::get_consumer(&db.pool, "orders", "c").await.unwrap().paused);
+}

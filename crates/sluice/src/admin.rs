@@ -543,6 +543,45 @@ pub async fn list_consumers(pool: &PgPool, stream: Option<&str>) -> Result<Vec<C
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
+/// Pauses a consumer: its subscribers keep running (and heartbeating) but
+/// claim nothing until [`resume_consumer`]; tasks already running finish.
+/// Its events keep accumulating for it: the subscribers' refills go on
+/// materializing them as available tasks. Pausing a paused consumer changes
+/// nothing. Returns the consumer as it is now.
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), sluice::Error> {
+/// let billing = sluice::pause_consumer(&pool, "orders", "billing").await?;
+/// assert!(billing.paused);
+/// // ... fix what the handler needs ...
+/// sluice::resume_consumer(&pool, "orders", "billing").await?;
+/// # Ok(()) }
+/// ```
+pub async fn pause_consumer(pool: &PgPool, stream: &str, name: &str) -> Result<Consumer, Error> {
+    set_paused(pool, stream, name, true).await
+}
+
+/// Resumes a paused consumer: its subscribers claim again at once (those
+/// that listen for notifications are woken; the others at their next poll).
+/// Resuming a consumer that is not paused changes nothing.
+pub async fn resume_consumer(pool: &PgPool, stream: &str, name: &str) -> Result<Consumer, Error> {
+    set_paused(pool, stream, name, false).await
+}
+
+async fn set_paused(pool: &PgPool, stream: &str, name: &str, paused: bool) -> Result<Consumer, Error> {
+    check_name("stream", stream)?;
+    check_name("consumer", name)?;
+    let set = sqlx::query_as(sql::CONSUMER_PAUSE).bind(stream).bind(name).bind(paused);
+    let updated: Option<(i32, i64)> = on_pool!(pool, set, fetch_optional).await.map_err(Error::db)?;
+    match updated {
+        Some(_) => get_consumer(pool, stream, name).await,
+        None => {
+            get_stream(pool, stream).await?;
+            Err(Error::ConsumerNotFound { stream: stream.to_string(), consumer: name.to_string() })
+        }
+    }
+}
+
 /// Deletes a consumer with its tasks.
 pub async fn delete_consumer(pool: &PgPool, stream: &str, name: &str) -> Result<(), Error> {
     check_name("stream", stream)?;

@@ -44,8 +44,8 @@ mod tasks;
 
 pub use admin::{
     create_consumer, create_stream, delete_consumer, delete_stream, get_consumer, get_stream, list_consumers,
-    list_streams, reset_position, update_consumer, update_stream, Consumer, ConsumerOptions, Replay, Start, Stream,
-    StreamOptions,
+    list_streams, pause_consumer, reset_position, resume_consumer, update_consumer, update_stream, Consumer,
+    ConsumerOptions, Replay, Start, Stream, StreamOptions,
 };
 pub use error::{Error, InvalidInput, MigrateError, TaskError};
 pub use ids::{EventId, Priority, TaskState, WorkerId};

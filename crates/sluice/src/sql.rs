@@ -5,6 +5,7 @@ pub(crate) const CONSUMER_CREATE: &str = include_str!("sql/consumer_create.sql")
 pub(crate) const CONSUMER_DELETE: &str = include_str!("sql/consumer_delete.sql");
 pub(crate) const CONSUMER_GET: &str = include_str!("sql/consumer_get.sql");
 pub(crate) const CONSUMER_LIST: &str = include_str!("sql/consumer_list.sql");
+pub(crate) const CONSUMER_PAUSE: &str = include_str!("sql/consumer_pause.sql");
 pub(crate) const CONSUMER_UPDATE: &str = include_str!("sql/consumer_update.sql");
 pub(crate) const CONSUMER_RESET: &str = include_str!("sql/consumer_reset.sql");
 pub(crate) const CONSUMER_LOOKUP: &str = include_str!("sql/consumer_lookup.sql");
