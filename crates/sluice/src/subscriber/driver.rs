@@ -84,19 +84,9 @@ where
             Wakeups::ListenAt(Err(_)) => None,
             Wakeups::PollOnly => None,
         };
-        let mut pace = if self.sub.batch_fixed {
-            Pace::fixed(self.sub.batch_size)
-        } else {
-            Pace::adaptive(
-                self.sub.batch_size,
-                Subscription::BATCH_SIZE_MIN_DEFAULT,
-                Subscription::BATCH_SIZE_MAX_DEFAULT,
-            )
-        };
-        let largest_claim =
-            self.sub.batch_size.max(if self.sub.batch_fixed { 0 } else { Subscription::BATCH_SIZE_MAX_DEFAULT });
+        let mut pace = Pace::of(&self.sub);
         let (acks, pending_acks, given_up, completer) =
-            completer::spawn(shared.clone(), self.sub.concurrency + largest_claim);
+            completer::spawn(shared.clone(), self.sub.concurrency + pace.largest());
         let keeper = tokio::spawn(keeper::run(shared.clone(), self.sub.heartbeat, helpers.clone()).in_current_span());
         let executor = Executor::new(shared.clone(), self.handler.clone(), acks, self.sub.handler_timeout);
 

@@ -6,6 +6,8 @@
 //! (each fetch costs a few milliseconds, whatever its size), while slow
 //! handlers keep few tasks in memory, where other workers cannot take them.
 
+use super::Subscription;
+
 /// The claim size: fixed, or adapting between two bounds.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pace {
@@ -17,6 +19,16 @@ pub(crate) struct Pace {
 }
 
 impl Pace {
+    /// The pace a subscription asks for: fixed when it sets a batch size,
+    /// adapting between the named defaults otherwise.
+    pub(crate) fn of(sub: &Subscription) -> Self {
+        if sub.batch_fixed {
+            Pace::fixed(sub.batch_size)
+        } else {
+            Pace::adaptive(sub.batch_size, Subscription::BATCH_SIZE_MIN_DEFAULT, Subscription::BATCH_SIZE_MAX_DEFAULT)
+        }
+    }
+
     /// A claim size fixed at `batch`.
     pub(crate) fn fixed(batch: usize) -> Self {
         Pace { claim: batch, min: batch, max: batch, starved: false }
@@ -31,6 +43,11 @@ impl Pace {
     /// Tasks one fetch asks for at most now.
     pub(crate) fn claim(&self) -> usize {
         self.claim
+    }
+
+    /// The largest claim this pace can make.
+    pub(crate) fn largest(&self) -> usize {
+        self.max
     }
 
     /// A handler had nothing to run while a fetch was under way.
@@ -84,6 +101,14 @@ mod tests {
             pace.fetched(pace.claim(), pace.claim(), pace.claim());
             assert_eq!(pace.claim(), expected);
         }
+    }
+
+    #[test]
+    fn a_subscription_adapts_unless_it_sets_a_batch_size() {
+        let adapting = Pace::of(&crate::Subscription::new("s", "c"));
+        assert_eq!((adapting.claim(), adapting.largest()), (100, 1000));
+        let fixed = Pace::of(&crate::Subscription::new("s", "c").batch_size(250));
+        assert_eq!((fixed.claim(), fixed.largest()), (250, 250));
     }
 
     #[test]
