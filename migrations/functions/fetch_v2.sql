@@ -290,12 +290,13 @@ BEGIN
             last AS (
                 SELECT w.txid, w.id FROM win w ORDER BY w.txid DESC, w.id DESC LIMIT 1
             )
-            SELECT (SELECT count(*) FROM win), (SELECT count(*) FROM ins),
-                   (SELECT count(*) FROM ins WHERE ins.state = 'available'), last.txid, last.id,
-                   coalesce((SELECT array_agg(l.task) FROM leased l), '{}'),
-                   coalesce((SELECT sum(l.size) FROM leased l), 0)
+            SELECT (SELECT count(*) FROM win), i.inserted, i.queued, last.txid, last.id, lt.tasks, lt.bytes
             INTO v_scanned, v_inserted, v_pass_queued, v_txid, v_id, v_pass_leased, v_pass_bytes
-            FROM (SELECT 1) AS one LEFT JOIN last ON true;
+            FROM (SELECT count(*) AS inserted, count(*) FILTER (WHERE ins.state = 'available') AS queued
+                  FROM ins) AS i
+            CROSS JOIN (SELECT coalesce(array_agg(l.task), '{}') AS tasks, coalesce(sum(l.size), 0) AS bytes
+                        FROM leased l) AS lt
+            LEFT JOIN last ON true;
 
             v_materialized := v_materialized + v_inserted;
             v_queued := v_queued + v_pass_queued;

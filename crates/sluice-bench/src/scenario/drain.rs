@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::Ctx;
 use crate::report::{count, r3, Report};
-use crate::work::{drain, pool_size, publish_backlog, stream_with_consumers};
+use crate::work::{drain, pool_size, publish_backlog, stream_with_consumers, Drained, SubConfig};
 
 pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     let p = ctx.params;
@@ -16,18 +16,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
     let mut report = Report::new("drain");
 
     // One consumer.
-    let pool = ctx.db.pool(pool_size(p.workers)).await?;
-    stream_with_consumers(&pool, "drain", &["drain"]).await?;
-    ctx.out.progress(&format!("drain: publishing {} events (not timed)", p.drain_n));
-    publish_backlog(&pool, "drain", p.drain_n, p.batch).await?;
-    let setting = if p.defaults {
-        "Subscription::new's defaults".to_string()
-    } else {
-        format!("concurrency {}, batch {}", p.concurrency, p.claim_batch)
-    };
-    ctx.out.progress(&format!("drain: {} subscriber(s), {setting}", p.workers));
-    let one = drain(&pool, &config, "drain", "drain", p.drain_n, p.workers, p.timeout()).await?;
-    pool.close().await;
+    let one = one_consumer(ctx, "drain", &config).await?;
     report.line(format!(
         "1 consumer, {} subscriber(s): {} tasks in {:.3} s: {} tasks/s (handlers done at {:.3} s)",
         p.workers,
@@ -44,13 +33,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
 
     // The same drain with `Subscription::new`'s defaults, beside the setting above.
     if !p.defaults {
-        let pool = ctx.db.pool(pool_size(p.workers)).await?;
-        stream_with_consumers(&pool, "drain_defaults", &["drain_defaults"]).await?;
-        ctx.out.progress(&format!("drain: publishing {} events (not timed), drained with the defaults", p.drain_n));
-        publish_backlog(&pool, "drain_defaults", p.drain_n, p.batch).await?;
-        let defaults = config.as_defaults();
-        let d = drain(&pool, &defaults, "drain_defaults", "drain_defaults", p.drain_n, p.workers, p.timeout()).await?;
-        pool.close().await;
+        let d = one_consumer(ctx, "drain_defaults", &config.as_defaults()).await?;
         let ratio = d.per_s() / one.per_s();
         report.line(format!(
             "  the same with Subscription::new's defaults: {:.3} s: {} tasks/s, {ratio:.2} of the setting above",
@@ -94,4 +77,23 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<Report> {
                 "tasks_per_s": total_per_s.round(), "per_consumer": per_consumer }),
     );
     Ok(report)
+}
+
+/// N events published into `stream` (not timed), then its one consumer, of
+/// the same name, drained with `config`.
+async fn one_consumer(ctx: &Ctx<'_>, stream: &str, config: &SubConfig) -> anyhow::Result<Drained> {
+    let p = ctx.params;
+    let pool = ctx.db.pool(pool_size(p.workers)).await?;
+    stream_with_consumers(&pool, stream, &[stream]).await?;
+    ctx.out.progress(&format!("drain: publishing {} events into {stream} (not timed)", p.drain_n));
+    publish_backlog(&pool, stream, p.drain_n, p.batch).await?;
+    let setting = if config.defaults {
+        "Subscription::new's defaults".to_string()
+    } else {
+        format!("concurrency {}, batch {}", config.concurrency, config.claim_batch)
+    };
+    ctx.out.progress(&format!("drain: {} subscriber(s), {setting}", p.workers));
+    let drained = drain(&pool, config, stream, stream, p.drain_n, p.workers, p.timeout()).await;
+    pool.close().await;
+    drained
 }
