@@ -3,9 +3,19 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::cleanup::CleanupArgs;
+use crate::consumer::ConsumerArgs;
+use crate::migrate::MigrateArgs;
+use crate::output::Out;
+use crate::publish::PublishArgs;
+use crate::stats::StatsArgs;
+use crate::stream::StreamArgs;
+use crate::tasks::TasksArgs;
+use crate::workers::WorkersArgs;
 
 /// Sluice: a transactional task queue in PostgreSQL.
 #[derive(Debug, Parser)]
@@ -14,6 +24,10 @@ pub struct Opt {
     /// Postgres connection URL.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
 
     /// More log output (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -27,26 +41,20 @@ pub struct Opt {
 enum Command {
     /// Apply, revert or inspect Sluice's schema migrations.
     Migrate(MigrateArgs),
-}
-
-#[derive(Debug, Args)]
-struct MigrateArgs {
-    #[command(subcommand)]
-    command: MigrateCommand,
-}
-
-#[derive(Debug, Subcommand)]
-enum MigrateCommand {
-    /// Apply every pending migration.
-    Up,
-    /// Revert the latest migration (all of them with --all).
-    Down {
-        /// Revert every migration: no Sluice table, type or function is left.
-        #[arg(long)]
-        all: bool,
-    },
-    /// List the migrations and whether each is applied.
-    Status,
+    /// Create, list, show and delete streams.
+    Stream(StreamArgs),
+    /// Create, list, show, pause, resume, reset and delete consumers.
+    Consumer(ConsumerArgs),
+    /// Publish an event, or NDJSON events from a file.
+    Publish(PublishArgs),
+    /// List, show, retry, cancel and discard tasks.
+    Tasks(TasksArgs),
+    /// Lag, tasks and workers per consumer, and the database's health for a queue.
+    Stats(StatsArgs),
+    /// The subscribers, with their status and heartbeat.
+    Workers(WorkersArgs),
+    /// Run the subscribers' housekeeping by hand (retention, lost leases, due tasks).
+    Cleanup(CleanupArgs),
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the level set by `-v`.
@@ -63,8 +71,16 @@ pub fn init_tracing(verbose: u8) {
 
 pub async fn run(opt: Opt) -> Result<()> {
     let pool = connect(opt.database_url.as_deref()).await?;
+    let out = Out { json: opt.json };
     match opt.command {
-        Command::Migrate(args) => migrate(&pool, args.command).await,
+        Command::Migrate(args) => crate::migrate::run(&pool, args.command).await,
+        Command::Stream(args) => crate::stream::run(&pool, out, args).await,
+        Command::Consumer(args) => crate::consumer::run(&pool, out, args).await,
+        Command::Publish(args) => crate::publish::run(&pool, out, args).await,
+        Command::Tasks(args) => crate::tasks::run(&pool, out, args).await,
+        Command::Stats(args) => crate::stats::run(&pool, out, args).await,
+        Command::Workers(args) => crate::workers::run(&pool, out, args).await,
+        Command::Cleanup(args) => crate::cleanup::run(&pool, out, args).await,
     }
 }
 
@@ -95,43 +111,11 @@ fn describe_connect_error(e: sqlx::Error) -> anyhow::Error {
     }
 }
 
-async fn migrate(pool: &PgPool, command: MigrateCommand) -> Result<()> {
-    match command {
-        MigrateCommand::Up => {
-            let applied = sluice::migrate(pool).await?;
-            if applied.is_empty() {
-                println!("Sluice schema is up to date");
-            }
-            for v in applied {
-                println!("applied {v}");
-            }
-        }
-        MigrateCommand::Down { all } => {
-            let steps = if all { sluice::Steps::All } else { sluice::Steps::One };
-            let reverted = sluice::migrate_down(pool, steps).await?;
-            if reverted.is_empty() {
-                println!("no Sluice migration is applied");
-            }
-            for v in reverted {
-                println!("reverted {v}");
-            }
-        }
-        MigrateCommand::Status => {
-            for m in sluice::migration_status(pool).await? {
-                let state = match m.applied_at {
-                    Some(at) => format!("applied {}", at.format("%Y-%m-%d %H:%M:%S UTC")),
-                    None => "pending".to_string(),
-                };
-                println!("{:>4}  {:<24} {state}", m.version, m.description);
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The error and its causes on one line, without the repetitions of nested
 /// sqlx errors (each level often repeats the one below).
 pub fn one_line(e: &anyhow::Error) -> String {
+    // A library error names the thing and what is wrong; a database error
+    // from sqlx says "error returned from database: " first.
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string().replace("error returned from database: ", "");
@@ -144,4 +128,25 @@ pub fn one_line(e: &anyhow::Error) -> String {
         line.push_str(&text);
     }
     line.replace('\n', " ")
+}
+
+/// Help and version print as clap prints them (exit 0); a usage error is one
+/// line on stderr, `error: …` with the `--help` to read, and exit 1, like
+/// every other error.
+pub fn usage_error(e: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return std::process::ExitCode::SUCCESS;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // `sluice stream`: the help is what the user wants, but it is not success.
+        let _ = e.print();
+        return std::process::ExitCode::FAILURE;
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("error: {first} (see --help)");
+    std::process::ExitCode::FAILURE
 }

@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod cleanup;
 mod error;
 mod ids;
 mod message;
@@ -41,19 +42,28 @@ mod stats;
 mod subject;
 mod subscriber;
 mod tasks;
+mod workers;
 
 pub use admin::{
     create_consumer, create_stream, delete_consumer, delete_stream, get_consumer, get_stream, list_consumers,
     list_streams, pause_consumer, reset_position, resume_consumer, update_consumer, update_stream, Consumer,
     ConsumerOptions, Replay, Start, Stream, StreamOptions,
 };
+pub use cleanup::{cleanup, Cleanup, CleanupReport};
 pub use error::{Error, InvalidInput, MigrateError, TaskError};
 pub use ids::{EventId, Priority, TaskState, WorkerId};
 pub use message::{Defer, HandlerError, Message, Nack, TaskRef};
 pub use migrate::{migrate, migrate_down, migration_status, MigrationStatus, Steps};
 pub use pooler::{pooling, set_pooling, Db, Pooling};
 pub use publish::{publish, publish_batch, set_notify_interval, NewEvent, MAX_PAYLOAD_BYTES, NOTIFY_INTERVAL};
-pub use stats::{storage_stats, StorageStats, TableStats};
+pub use stats::{
+    database_health, queue_stats, storage_stats, ConsumerStats, DatabaseHealth, QueueStats, StorageStats, TableStats,
+    XminHolder,
+};
 pub use subject::{check_pattern, check_subject, subject_matches};
 pub use subscriber::{sub, BackoffFn, ShutdownReport, SubscriberEvent, SubscriberHandle, Subscription};
-pub use tasks::{cancel_task, get_task, retry_task, task_log, Task, TaskLogEntry};
+pub use tasks::{
+    cancel_task, cancel_tasks, count_tasks, discard_task, discard_tasks, get_task, list_tasks, retry_task, retry_tasks,
+    task_event, task_log, Event, Steered, Task, TaskFilter, TaskLogEntry, TaskPage, MAX_PAGE,
+};
+pub use workers::{list_workers, Worker};

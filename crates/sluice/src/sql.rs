@@ -24,10 +24,26 @@ pub(crate) const STREAM_DELETE: &str = include_str!("sql/stream_delete.sql");
 pub(crate) const STREAM_GET: &str = include_str!("sql/stream_get.sql");
 pub(crate) const STREAM_UPDATE: &str = include_str!("sql/stream_update.sql");
 pub(crate) const STREAM_LIST: &str = include_str!("sql/stream_list.sql");
-pub(crate) const TASK_CANCEL: &str = include_str!("sql/task_cancel.sql");
+/// The bulk statements on tasks share the filter that selects them.
+macro_rules! on_filtered_tasks {
+    ($file:literal) => {
+        concat!(include_str!("sql/task_filter.sql"), include_str!($file))
+    };
+}
+pub(crate) const TASK_CANCEL: &str = on_filtered_tasks!("sql/task_cancel.sql");
+pub(crate) const TASK_COUNT: &str = on_filtered_tasks!("sql/task_count.sql");
+pub(crate) const TASK_DISCARD: &str = on_filtered_tasks!("sql/task_discard.sql");
+pub(crate) const TASK_LIST: &str = on_filtered_tasks!("sql/task_list.sql");
+pub(crate) const TASK_RETRY: &str = on_filtered_tasks!("sql/task_retry.sql");
+pub(crate) const CLEANUP_PREVIEW: &str = include_str!("sql/cleanup_preview.sql");
+pub(crate) const CONSUMER_IDS: &str = include_str!("sql/consumer_ids.sql");
+pub(crate) const EVENT_PARTITIONS_DUE: &str = include_str!("sql/event_partitions_due.sql");
+pub(crate) const CONSUMER_STATS: &str = include_str!("sql/consumer_stats.sql");
+pub(crate) const XMIN_HORIZON: &str = include_str!("sql/xmin_horizon.sql");
+pub(crate) const WORKER_LIST: &str = include_str!("sql/worker_list.sql");
+pub(crate) const TASK_EVENT: &str = include_str!("sql/task_event.sql");
 pub(crate) const TASK_GET: &str = include_str!("sql/task_get.sql");
 pub(crate) const TASK_LOG: &str = include_str!("sql/task_log.sql");
-pub(crate) const TASK_RETRY: &str = include_str!("sql/task_retry.sql");
 pub(crate) const WORKER_REGISTER: &str = include_str!("sql/worker_register.sql");
 pub(crate) const WORKER_UNREGISTER: &str = include_str!("sql/worker_unregister.sql");
 pub(crate) const WORKER_HELD: &str = include_str!("sql/worker_held.sql");

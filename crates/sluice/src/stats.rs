@@ -73,3 +73,147 @@ pub async fn storage_stats(pool: &PgPool) -> Result<StorageStats, Error> {
     let autovacuum = rows.iter().all(|r| r.autovacuum);
     Ok(StorageStats { autovacuum, tables: rows.into_iter().map(|r| r.table).collect() })
 }
+
+/// One consumer as `sluice stats` shows it: its stream's events, its lag,
+/// its tasks by state and its workers. Counts are exact, read in one
+/// statement (consumer_stats.sql).
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, serde::Serialize)]
+#[non_exhaustive]
+pub struct ConsumerStats {
+    /// The stream.
+    pub stream: String,
+    /// The consumer.
+    pub consumer: String,
+    /// Whether claiming is paused.
+    pub paused: bool,
+    /// Events the stream holds (all consumers'; retention removes old ones).
+    pub events: i64,
+    /// When the stream's newest event was published.
+    pub last_event_at: Option<DateTime<Utc>>,
+    /// Matching events its position has not passed: published (and
+    /// committed) but not yet made into tasks. Subscribers make them into
+    /// tasks as they fetch; a lag that grows means none is running, or
+    /// they cannot keep up.
+    pub lag_events: i64,
+    /// When the oldest of those was published.
+    pub lag_oldest_at: Option<DateTime<Utc>>,
+    /// Tasks waiting for their time (deliver_at, a deferral, a retry).
+    pub scheduled: i64,
+    /// Tasks ready to be claimed.
+    pub available: i64,
+    /// Tasks claimed by a worker.
+    pub running: i64,
+    /// Acked tasks kept by the consumer's completed retention.
+    pub completed: i64,
+    /// Dead letters.
+    pub discarded: i64,
+    /// Cancelled tasks.
+    pub cancelled: i64,
+    /// When the oldest available task was made: how long the queue's head waits.
+    pub oldest_available_at: Option<DateTime<Utc>>,
+    /// Tasks completed in about the last minute, by the live workers.
+    pub completed_last_minute: i64,
+    /// Attempts failed in about the last minute, by the live workers.
+    pub failed_last_minute: i64,
+    /// Workers with tasks in hand.
+    pub workers_active: i64,
+    /// Workers waiting for work.
+    pub workers_idle: i64,
+    /// Workers shutting down.
+    pub workers_stopping: i64,
+    /// Workers silent past their liveness limit; housekeeping frees their
+    /// tasks and forgets them.
+    pub workers_gone: i64,
+}
+
+/// The oldest holder of the server's xmin horizon: the transaction (or
+/// prepared transaction, or replication slot) that keeps vacuum from
+/// removing dead rows, in Sluice's tables and every other.
+#[derive(Debug, Clone, PartialEq, FromRow, serde::Serialize)]
+#[non_exhaustive]
+pub struct XminHolder {
+    /// `session`, `prepared transaction` or `replication slot`.
+    pub kind: String,
+    /// The session's process id (a slot's active sender, if any).
+    pub pid: Option<i32>,
+    /// The session's `application_name` (a prepared transaction's gid, a slot's name).
+    pub application: Option<String>,
+    /// The session's state: `active`, `idle in transaction`, …
+    pub state: Option<String>,
+    /// The database it is connected to.
+    pub database: Option<String>,
+    /// When its current (or last) query started.
+    pub query_start: Option<DateTime<Utc>>,
+    /// When its transaction started (unknown for a replication slot).
+    pub since: Option<DateTime<Utc>>,
+    /// How long ago that was, in seconds.
+    pub age_seconds: Option<f64>,
+    /// How many transaction ids old its horizon is.
+    pub xid_age: Option<i64>,
+}
+
+/// The server's health as a queue sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct DatabaseHealth {
+    /// What holds the xmin horizon back, when anything other than the
+    /// reading session holds a snapshot.
+    pub xmin_holder: Option<XminHolder>,
+    /// Whether autovacuum is on.
+    pub autovacuum: bool,
+    /// Dead rows of Sluice's tables, by table.
+    pub dead_rows: Vec<(String, i64)>,
+}
+
+/// Everything `sluice stats` shows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Each consumer selected, by stream and name.
+    pub consumers: Vec<ConsumerStats>,
+    /// The server's health.
+    pub database: DatabaseHealth,
+}
+
+/// The consumers of `stream` (all streams' when `None`; only `consumer` when
+/// given) with their lag, tasks and workers, and the database's health: the
+/// session holding back vacuum and the dead rows of Sluice's tables.
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), sluice::Error> {
+/// let stats = sluice::queue_stats(&pool, Some("orders"), None).await?;
+/// for c in &stats.consumers {
+///     println!("{}: {} events behind, {} available, {} dead", c.consumer, c.lag_events, c.available, c.discarded);
+/// }
+/// if let Some(holder) = &stats.database.xmin_holder {
+///     println!("vacuum held back by pid {:?} ({:?}) for {:?} s", holder.pid, holder.application, holder.age_seconds);
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn queue_stats(pool: &PgPool, stream: Option<&str>, consumer: Option<&str>) -> Result<QueueStats, Error> {
+    if let Some(stream) = stream {
+        match consumer {
+            Some(consumer) => drop(crate::admin::get_consumer(pool, stream, consumer).await?),
+            None => drop(crate::admin::get_stream(pool, stream).await?),
+        }
+    }
+    let consumers: Vec<ConsumerStats> =
+        on_pool!(pool, sqlx::query_as(sql::CONSUMER_STATS).bind(stream).bind(consumer), fetch_all)
+            .await
+            .map_err(Error::db)?;
+    let database = database_health(pool).await?;
+    Ok(QueueStats { consumers, database })
+}
+
+/// The server's health for a queue: the xmin horizon's holder, autovacuum,
+/// and the dead rows of Sluice's tables.
+pub async fn database_health(pool: &PgPool) -> Result<DatabaseHealth, Error> {
+    let xmin_holder: Option<XminHolder> =
+        on_pool!(pool, sqlx::query_as(sql::XMIN_HORIZON), fetch_optional).await.map_err(Error::db)?;
+    let storage = storage_stats(pool).await?;
+    Ok(DatabaseHealth {
+        xmin_holder,
+        autovacuum: storage.autovacuum,
+        dead_rows: storage.tables.into_iter().map(|t| (t.table_name, t.dead_rows)).collect(),
+    })
+}

@@ -1,16 +1,20 @@
-//! Inspecting and steering single tasks: get, cancel, retry by hand, log.
+//! Inspecting and steering tasks: get one, list and count them by filter,
+//! read a task's log, and cancel, discard or retry by hand one task, a list
+//! of them, or every task a filter selects.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool};
 
-use crate::error::Error;
+use crate::error::{Error, InvalidInput};
 use crate::ids::{EventId, Priority, TaskState, WorkerId};
 use crate::pooler::on_pool;
 use crate::sql;
-use crate::subject::{check_name, check_text};
+use crate::subject::{check_name, check_pattern, check_text};
 
 /// A task as stored: one event's work for one consumer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Task {
     /// The task's event.
     pub event_id: EventId,
@@ -70,7 +74,7 @@ impl From<TaskRow> for Task {
 }
 
 /// One entry of a task's audit log.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, serde::Serialize)]
 pub struct TaskLogEntry {
     /// The attempt it concerns.
     pub attempt: i32,
@@ -110,6 +114,65 @@ pub async fn get_task(pool: &PgPool, stream: &str, consumer: &str, event_id: Eve
     }
 }
 
+/// An event as published, seen through one consumer's task of it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Event {
+    /// The event's id.
+    pub id: EventId,
+    /// Its subject.
+    pub subject: String,
+    /// Its payload.
+    pub payload: serde_json::Value,
+    /// Its metadata (string values).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Its key, if it has one.
+    pub key: Option<String>,
+    /// Its priority.
+    pub priority: Priority,
+    /// When it was to be delivered, if not at once.
+    pub deliver_at: Option<DateTime<Utc>>,
+    /// When it was published.
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(FromRow)]
+struct EventRow {
+    id: i64,
+    subject: String,
+    payload: String,
+    metadata: String,
+    key: Option<String>,
+    priority: i16,
+    deliver_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+/// The event of consumer `consumer`'s task for `event_id`: what its handler
+/// is given. [`Error::TaskNotFound`] when the consumer has no such task.
+pub async fn task_event(pool: &PgPool, stream: &str, consumer: &str, event_id: EventId) -> Result<Event, Error> {
+    check_name("stream", stream)?;
+    check_name("consumer", consumer)?;
+    let row: Option<EventRow> =
+        on_pool!(pool, sqlx::query_as(sql::TASK_EVENT).bind(stream).bind(consumer).bind(event_id.0), fetch_optional)
+            .await
+            .map_err(Error::db)?;
+    let Some(r) = row else {
+        crate::admin::get_consumer(pool, stream, consumer).await?;
+        return Err(not_found(stream, consumer, event_id));
+    };
+    Ok(Event {
+        id: EventId(r.id),
+        subject: r.subject,
+        payload: serde_json::from_str(&r.payload).unwrap_or_default(),
+        metadata: serde_json::from_str(&r.metadata).unwrap_or_default(),
+        key: r.key,
+        priority: Priority::from_db(r.priority),
+        deliver_at: r.deliver_at,
+        created_at: r.created_at,
+    })
+}
+
 /// The audit log of one task, oldest first. The log outlives the task: a
 /// completed task is usually deleted on ack.
 pub async fn task_log(
@@ -124,6 +187,303 @@ pub async fn task_log(
         .map_err(Error::db)
 }
 
+/// Which tasks of a consumer a list, a count or a bulk action takes. The
+/// default takes every task; each setting narrows it.
+///
+/// ```
+/// use std::time::Duration;
+/// use sluice::{TaskFilter, TaskState};
+/// // Dead letters of the EU orders, older than an hour.
+/// let filter = TaskFilter::default()
+///     .state(TaskState::Discarded)
+///     .subject("orders.eu.>")
+///     .older_than(Duration::from_secs(3600));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    event_ids: Option<Vec<EventId>>,
+    states: Vec<TaskState>,
+    subject: Option<String>,
+    older_than: Option<Duration>,
+}
+
+impl TaskFilter {
+    /// Only the tasks of these events.
+    pub fn events<I: IntoIterator<Item = EventId>>(mut self, ids: I) -> Self {
+        self.event_ids = Some(ids.into_iter().collect());
+        self
+    }
+
+    /// Only tasks in this state; call again to add more states.
+    pub fn state(mut self, state: TaskState) -> Self {
+        if !self.states.contains(&state) {
+            self.states.push(state);
+        }
+        self
+    }
+
+    /// Only tasks whose event's subject matches this pattern (`*` one
+    /// token, a final `>` one or more).
+    pub fn subject(mut self, pattern: impl Into<String>) -> Self {
+        self.subject = Some(pattern.into());
+        self
+    }
+
+    /// Only tasks made more than this long ago.
+    pub fn older_than(mut self, age: Duration) -> Self {
+        self.older_than = Some(age);
+        self
+    }
+
+    /// The states it takes (all when empty).
+    pub fn states(&self) -> &[TaskState] {
+        &self.states
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if let Some(pattern) = &self.subject {
+            check_pattern(pattern)?;
+        }
+        if let Some(age) = self.older_than {
+            crate::admin::duration_ms("older_than", age)?;
+        }
+        if let Some(ids) = &self.event_ids {
+            if let Some(id) = ids.iter().find(|id| id.0 < 1) {
+                return Err(InvalidInput::Setting {
+                    setting: "event id",
+                    reason: format!("{id} is not an event id: ids start at 1"),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Binds a filter's `$2..$6` (task_filter.sql) after the consumer id `$1`.
+macro_rules! bind_filter {
+    ($query:expr, $consumer_id:expr, $filter:expr, $after:expr) => {
+        $query
+            .bind($consumer_id)
+            .bind($filter.event_ids.as_ref().map(|ids| ids.iter().map(|id| id.0).collect::<Vec<i64>>()))
+            .bind((!$filter.states.is_empty()).then(|| $filter.states.iter().map(|s| s.as_str()).collect::<Vec<_>>()))
+            .bind($filter.subject.as_deref())
+            .bind($filter.older_than.map(|d| d.as_millis() as i64))
+            .bind($after)
+    };
+}
+
+/// One page of [`list_tasks`]: the tasks, and the cursor of the next page
+/// when there may be more.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TaskPage {
+    /// The tasks, by event id.
+    pub tasks: Vec<Task>,
+    /// Pass it as `after` for the next page; `None` on the last one.
+    pub next: Option<String>,
+}
+
+/// The largest page [`list_tasks`] returns.
+pub const MAX_PAGE: usize = 1000;
+
+/// A page of the tasks of consumer `consumer` (of `stream`) that `filter`
+/// selects, by event id: at most `limit` (1 to [`MAX_PAGE`]), after the
+/// cursor `after` (a previous page's `next`), so paging is stable while tasks
+/// come and go.
+pub async fn list_tasks(
+    pool: &PgPool,
+    stream: &str,
+    consumer: &str,
+    filter: &TaskFilter,
+    limit: usize,
+    after: Option<&str>,
+) -> Result<TaskPage, Error> {
+    filter.check()?;
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(
+            InvalidInput::Setting { setting: "limit", reason: format!("{limit} is outside 1..={MAX_PAGE}") }.into()
+        );
+    }
+    let after = match after {
+        None => 0,
+        Some(cursor) => parse_cursor(cursor)?,
+    };
+    let consumer_id = consumer_id(pool, stream, consumer).await?;
+    let rows: Vec<TaskRow> = on_pool!(
+        pool,
+        bind_filter!(sqlx::query_as(sql::TASK_LIST), consumer_id, filter, after).bind(limit as i64),
+        fetch_all
+    )
+    .await
+    .map_err(Error::db)?;
+    let next = (rows.len() == limit).then(|| rows.last().map(|r| r.event_id.to_string())).flatten();
+    Ok(TaskPage { tasks: rows.into_iter().map(Into::into).collect(), next })
+}
+
+fn parse_cursor(cursor: &str) -> Result<i64, InvalidInput> {
+    cursor.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| InvalidInput::Setting {
+        setting: "cursor",
+        reason: format!("{cursor:?} is not a cursor: pass the `next` value of the previous page"),
+    })
+}
+
+/// How many tasks of the consumer `filter` selects, by state (states with
+/// none are left out).
+pub async fn count_tasks(
+    pool: &PgPool,
+    stream: &str,
+    consumer: &str,
+    filter: &TaskFilter,
+) -> Result<Vec<(TaskState, i64)>, Error> {
+    filter.check()?;
+    let consumer_id = consumer_id(pool, stream, consumer).await?;
+    let rows: Vec<(String, i64)> =
+        on_pool!(pool, bind_filter!(sqlx::query_as(sql::TASK_COUNT), consumer_id, filter, 0_i64), fetch_all)
+            .await
+            .map_err(Error::db)?;
+    let mut counts: Vec<(TaskState, i64)> = rows.into_iter().map(|(s, n)| (TaskState::from_db(&s), n)).collect();
+    counts.sort_by_key(|(s, _)| *s as u8);
+    Ok(counts)
+}
+
+/// What a bulk action did to the tasks a filter selected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Steered {
+    /// The events whose tasks were changed, by id.
+    pub changed: Vec<EventId>,
+}
+
+/// The three things an operator does to tasks by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Retry,
+    Cancel,
+    Discard,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Retry => "retry",
+            Action::Cancel => "cancel",
+            Action::Discard => "discard",
+        }
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            Action::Retry => sql::TASK_RETRY,
+            Action::Cancel => sql::TASK_CANCEL,
+            Action::Discard => sql::TASK_DISCARD,
+        }
+    }
+
+    /// The states a task must be in for the action.
+    fn from_states(self) -> &'static [TaskState] {
+        match self {
+            Action::Retry => &[TaskState::Discarded, TaskState::Cancelled],
+            Action::Cancel | Action::Discard => &[TaskState::Available, TaskState::Scheduled],
+        }
+    }
+}
+
+/// How many tasks one statement of a bulk action changes: a filter that
+/// selects millions goes in short transactions, not one long one.
+const BULK_BATCH: i64 = 1000;
+
+/// Retries by hand the discarded and cancelled tasks `filter` selects:
+/// available again at the end of the queue, attempts reset, their error
+/// history kept. Tasks in other states are left alone. Returns what changed.
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), sluice::Error> {
+/// use sluice::{TaskFilter, TaskState};
+/// let dead = TaskFilter::default().state(TaskState::Discarded).subject("orders.eu.>");
+/// let retried = sluice::retry_tasks(&pool, "orders", "billing", &dead, Some("fixed the tax table")).await?;
+/// println!("{} tasks retried", retried.changed.len());
+/// # Ok(()) }
+/// ```
+pub async fn retry_tasks(
+    pool: &PgPool,
+    stream: &str,
+    consumer: &str,
+    filter: &TaskFilter,
+    reason: Option<&str>,
+) -> Result<Steered, Error> {
+    bulk(pool, Action::Retry, stream, consumer, filter, reason).await
+}
+
+/// Cancels the available and scheduled tasks `filter` selects: they will not
+/// run. Tasks in other states (running ones too) are left alone.
+pub async fn cancel_tasks(
+    pool: &PgPool,
+    stream: &str,
+    consumer: &str,
+    filter: &TaskFilter,
+    reason: Option<&str>,
+) -> Result<Steered, Error> {
+    bulk(pool, Action::Cancel, stream, consumer, filter, reason).await
+}
+
+/// Dead-letters the available and scheduled tasks `filter` selects, as a
+/// `nack` that discards would: kept for the consumer's dead retention and
+/// retriable by hand. Tasks in other states are left alone.
+pub async fn discard_tasks(
+    pool: &PgPool,
+    stream: &str,
+    consumer: &str,
+    filter: &TaskFilter,
+    reason: Option<&str>,
+) -> Result<Steered, Error> {
+    bulk(pool, Action::Discard, stream, consumer, filter, reason).await
+}
+
+async fn bulk(
+    pool: &PgPool,
+    action: Action,
+    stream: &str,
+    consumer: &str,
+    filter: &TaskFilter,
+    reason: Option<&str>,
+) -> Result<Steered, Error> {
+    filter.check()?;
+    if let Some(reason) = reason {
+        check_text("reason", reason)?;
+    }
+    if let Some(state) = filter.states.iter().find(|s| !action.from_states().contains(s)) {
+        return Err(InvalidInput::Setting {
+            setting: "state",
+            reason: format!(
+                "cannot {} {} tasks: only {} tasks can be",
+                action.name(),
+                state.as_str(),
+                action.from_states().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
+            ),
+        }
+        .into());
+    }
+    let consumer_id = consumer_id(pool, stream, consumer).await?;
+    let mut steered = Steered::default();
+    let mut after = 0_i64;
+    loop {
+        let ids: Vec<i64> = on_pool!(
+            pool,
+            bind_filter!(sqlx::query_scalar(action.sql()), consumer_id, filter, after).bind(BULK_BATCH).bind(reason),
+            fetch_all
+        )
+        .await
+        .map_err(Error::db)?;
+        let Some(&last) = ids.last() else { break };
+        steered.changed.extend(ids.iter().copied().map(EventId));
+        if (ids.len() as i64) < BULK_BATCH && filter.event_ids.is_some() {
+            break;
+        }
+        after = last;
+    }
+    tracing::info!(stream, consumer, action = action.name(), tasks = steered.changed.len(), "tasks steered by hand");
+    Ok(steered)
+}
+
 /// Cancels an available or scheduled task; it will not run. Any other state
 /// is [`Error::TaskState`] and nothing changes.
 pub async fn cancel_task(
@@ -133,17 +493,20 @@ pub async fn cancel_task(
     event_id: EventId,
     reason: Option<&str>,
 ) -> Result<(), Error> {
-    steer(
-        pool,
-        sql::TASK_CANCEL,
-        "cancel",
-        &[TaskState::Available, TaskState::Scheduled],
-        stream,
-        consumer,
-        event_id,
-        reason,
-    )
-    .await
+    one(pool, Action::Cancel, stream, consumer, event_id, reason).await
+}
+
+/// Dead-letters an available or scheduled task by hand (see
+/// [`discard_tasks`]). Any other state is [`Error::TaskState`] and nothing
+/// changes.
+pub async fn discard_task(
+    pool: &PgPool,
+    stream: &str,
+    consumer: &str,
+    event_id: EventId,
+    reason: Option<&str>,
+) -> Result<(), Error> {
+    one(pool, Action::Discard, stream, consumer, event_id, reason).await
 }
 
 /// Retries a discarded or cancelled task by hand: available again at the end
@@ -156,58 +519,46 @@ pub async fn retry_task(
     event_id: EventId,
     reason: Option<&str>,
 ) -> Result<(), Error> {
-    steer(
-        pool,
-        sql::TASK_RETRY,
-        "retry",
-        &[TaskState::Discarded, TaskState::Cancelled],
-        stream,
-        consumer,
-        event_id,
-        reason,
-    )
-    .await
+    one(pool, Action::Retry, stream, consumer, event_id, reason).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn steer(
+async fn one(
     pool: &PgPool,
-    query: &'static str,
-    action: &'static str,
-    allowed: &[TaskState],
+    action: Action,
     stream: &str,
     consumer: &str,
     event_id: EventId,
     reason: Option<&str>,
 ) -> Result<(), Error> {
-    check_name("stream", stream)?;
-    check_name("consumer", consumer)?;
-    if let Some(reason) = reason {
-        check_text("reason", reason)?;
+    let filter = TaskFilter::default().events([event_id]);
+    if !bulk(pool, action, stream, consumer, &filter, reason).await?.changed.is_empty() {
+        return Ok(());
     }
-    // The state the task had; its first column in both queries.
-    let state: Option<String> = on_pool!(
-        pool,
-        sqlx::query_scalar(query).bind(stream).bind(consumer).bind(event_id.0).bind(reason),
-        fetch_optional
-    )
-    .await
-    .map_err(Error::db)?;
-    let Some(state) = state else {
-        crate::admin::get_consumer(pool, stream, consumer).await?;
-        return Err(not_found(stream, consumer, event_id));
-    };
-    let state = TaskState::from_db(&state);
-    if allowed.contains(&state) {
-        Ok(())
-    } else {
-        Err(Error::TaskState {
-            stream: stream.to_string(),
-            consumer: consumer.to_string(),
-            event_id,
-            state,
-            action,
-            allowed: allowed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or "),
-        })
+    // Nothing changed: say why, from the task as it is now.
+    let task = get_task(pool, stream, consumer, event_id).await?;
+    Err(Error::TaskState {
+        stream: stream.to_string(),
+        consumer: consumer.to_string(),
+        event_id,
+        state: task.state,
+        action: action.name(),
+        allowed: action.from_states().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or "),
+    })
+}
+
+/// The id of consumer `name` of `stream`, or why there is none.
+pub(crate) async fn consumer_id(pool: &PgPool, stream: &str, name: &str) -> Result<i32, Error> {
+    check_name("stream", stream)?;
+    check_name("consumer", name)?;
+    let found: Option<(i32,)> =
+        on_pool!(pool, sqlx::query_as(sql::CONSUMER_LOOKUP).bind(stream).bind(name), fetch_optional)
+            .await
+            .map_err(Error::db)?;
+    match found {
+        Some((id,)) => Ok(id),
+        None => {
+            crate::admin::get_stream(pool, stream).await?;
+            Err(Error::ConsumerNotFound { stream: stream.to_string(), consumer: name.to_string() })
+        }
     }
 }

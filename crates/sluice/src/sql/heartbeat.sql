@@ -11,10 +11,14 @@
 -- on its way, or this statement waiting for a connection, must not make a
 -- task just claimed look abandoned.
 --
+-- $6 and $7: the tasks the worker completed and the attempts that failed in
+-- the last minute (rates.rs), for `sluice stats`.
+--
 -- registered 0: another subscriber took the worker for dead and forgot it.
 WITH beat AS (
     UPDATE sluice.workers
-    SET heartbeat_at = now(), status = $3::text::sluice.worker_status
+    SET heartbeat_at = now(), status = $3::text::sluice.worker_status,
+        completed_last_minute = $6, failed_last_minute = $7
     WHERE id = $1
     RETURNING 1
 ),

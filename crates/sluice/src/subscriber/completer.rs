@@ -103,6 +103,7 @@ async fn flush(shared: &Shared, batch: &[Key]) -> (usize, usize) {
                 if lost > 0 {
                     warn!(lost, "some acks came after their leases were lost; those tasks run again");
                 }
+                shared.rates.completed(acked.len());
                 shared.emit(SubscriberEvent::Flushed { acked: acked.len(), lost });
                 return (acked.len(), 0);
             }

@@ -111,7 +111,12 @@ where
             }
             // Settled explicitly; with a `_tx` call the caller's commit
             // decides, and if it rolled back the task comes back.
-            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Ok(()))) => {
+                if how == crate::message::ACKED {
+                    shared.rates.completed(1);
+                }
+                None
+            }
             Ok(Ok(Err(e))) => Some((e.message().to_string(), e.is_retryable())),
             Ok(Err(panic)) => Some((format!("handler panicked: {}", panic_message(&*panic)), true)),
             Err(limit) => Some((format!("handler timed out after {limit:?}"), true)),
@@ -159,6 +164,7 @@ pub(crate) async fn fail(shared: &Shared, key: Key, attempt: i32, error: &str, r
                 if let Some(wait) = due_in_ms {
                     shared.scheduled_in(wait);
                 }
+                shared.rates.failed();
                 debug!(event_id, attempt, %state, error, "attempt failed");
                 return;
             }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::rates::LastMinute;
 use super::{hostname, timed, ErrorBackoff, Shared, SubscriberEvent};
 use crate::pooler::on_pool;
 use crate::sql;
@@ -62,12 +63,13 @@ pub(crate) async fn unregister(shared: &Shared) -> Result<(), sqlx::Error> {
 /// Beats every `every` until stopped.
 pub(crate) async fn run(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
     let mut errors = ErrorBackoff::new();
+    let mut last_minute = LastMinute::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        match beat(&shared).await {
+        match beat(&shared, &mut last_minute).await {
             Ok(()) => errors.reset(),
             Err(e) => {
                 // Keep trying: past dead_after, other workers free our tasks
@@ -83,7 +85,8 @@ pub(crate) async fn run(shared: Arc<Shared>, every: Duration, stop: Cancellation
     }
 }
 
-async fn beat(shared: &Shared) -> Result<(), sqlx::Error> {
+async fn beat(shared: &Shared, last_minute: &mut LastMinute) -> Result<(), sqlx::Error> {
+    let (completed, failed) = last_minute.observe(&shared.rates, std::time::Instant::now());
     let tokens = shared.registry.tokens();
     let status = if shared.stopping.load(Ordering::Relaxed) {
         "stopping"
@@ -104,7 +107,9 @@ async fn beat(shared: &Shared) -> Result<(), sqlx::Error> {
                 .bind(shared.consumer_id)
                 .bind(status)
                 .bind(&tokens)
-                .bind(shared.db_timeout.as_millis() as i64),
+                .bind(shared.db_timeout.as_millis() as i64)
+                .bind(completed)
+                .bind(failed),
             fetch_one
         ),
     )

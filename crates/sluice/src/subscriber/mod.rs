@@ -22,6 +22,10 @@ mod keeper;
 mod maintenance;
 mod notifier;
 mod pace;
+
+/// Rows one housekeeping run touches at most per step.
+pub(crate) const MAINTENANCE_BATCH: i64 = maintenance::BATCH;
+mod rates;
 mod registry;
 mod subscription;
 
@@ -66,6 +70,8 @@ pub(crate) struct Shared {
     backoff: Option<BackoffFn>,
     /// The tasks this worker holds.
     pub(crate) registry: Registry,
+    /// What this worker completed and failed, for its heartbeat.
+    pub(crate) rates: rates::Rates,
     pub(crate) stopping: AtomicBool,
     /// When the earliest task this worker scheduled (a retry, a deferral)
     /// falls due, so the driver wakes for it.
@@ -288,6 +294,7 @@ where
         backoff_max: ms_to_duration(lookup.backoff_max_ms),
         backoff: subscription.backoff.clone(),
         registry: Registry::default(),
+        rates: rates::Rates::default(),
         stopping: AtomicBool::new(false),
         due: Mutex::new(None),
         events: events.clone(),
