@@ -7,8 +7,9 @@
 
 use std::path::PathBuf;
 use std::process::Output;
+use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgPool};
 use support::{sluice_tables, TestDb, SLUICE_TABLES as TABLES};
 use tokio::process::Command;
 use tokio::sync::OnceCell;
@@ -276,4 +277,524 @@ async fn missing_privileges_fail_with_one_line() {
     assert!(!schema_after, "nothing was created");
     // Down on a database without Sluice has nothing to do, privileges or not.
     down.success("down --all without CREATE on an empty database");
+}
+
+// ---------------------------------------------------------------------------
+// Operating a queue: streams, consumers, publish, tasks, stats, workers,
+// cleanup (issue 12). Every command's --json output is parsed; every bad
+// input exits 1 with one line and leaves the stored data as it was.
+// ---------------------------------------------------------------------------
+
+/// Runs `sluice --database-url <url> <args>` with `input` on stdin.
+async fn run_with_stdin(url: &str, args: &[&str], input: &str) -> Run {
+    use tokio::io::AsyncWriteExt;
+    let mut child = sluice()
+        .await
+        .arg("--database-url")
+        .arg(url)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).await.expect("write stdin");
+    drop(stdin);
+    Run::from(child.wait_with_output().await.expect("run sluice"))
+}
+
+impl Run {
+    /// Asserts success and parses stdout as JSON.
+    fn json(self, what: &str) -> serde_json::Value {
+        let run = self.success(what);
+        serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}):\n{}", run.stdout))
+    }
+}
+
+/// Every row of every table of schema `sluice`, as JSON text: compared
+/// before and after a command that must change nothing.
+async fn dump(pool: &PgPool) -> String {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'sluice' AND tablename NOT LIKE 'events\\_%'
+         UNION SELECT 'events' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut out = String::new();
+    for table in tables {
+        let rows: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT jsonb_agg(to_jsonb(t) ORDER BY to_jsonb(t)::text)::text FROM sluice.\"{table}\" t"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        out.push_str(&format!("{table}: {}\n", rows.unwrap_or_default()));
+    }
+    out
+}
+
+/// A handler's outcome by subject: `*.fail` fails for good, the rest succeed.
+async fn fail_some(pool: &PgPool, stream: &str, consumer: &str) -> sluice::SubscriberHandle {
+    sluice::sub(
+        pool,
+        sluice::Subscription::new(stream, consumer),
+        |msg: sluice::Message<serde_json::Value>| async move {
+            if msg.subject().ends_with(".fail") {
+                Err(sluice::HandlerError::discard("the tax table is missing"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await
+    .expect("subscribe")
+}
+
+#[tokio::test]
+async fn streams_and_consumers_from_the_cli() {
+    let db = TestDb::new().await;
+    let url = &db.url;
+
+    let s = run_with_url(url, &["--json", "stream", "create", "orders", "--retention", "2days"]).await.json("create");
+    assert_eq!(s["name"], "orders");
+    assert_eq!(s["event_retention_ms"], 2 * 86_400_000_u64);
+    let again = run_with_url(url, &["stream", "create", "orders", "--retention", "2days"]).await.success("again");
+    assert!(again.stdout.contains("orders"), "same settings: the stream as it is:\n{}", again.stdout);
+    let conflict = run_with_url(url, &["stream", "create", "orders"]).await.failure("other retention");
+    assert!(conflict.contains("already exists") && conflict.contains("event_retention"), "{conflict}");
+    run_with_url(url, &["stream", "create", "audit"]).await.success("second stream");
+    let list = run_with_url(url, &["--json", "stream", "list"]).await.json("list");
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["audit", "orders"]);
+    let human = run_with_url(url, &["stream", "list"]).await.success("list as a table");
+    assert!(human.stdout.starts_with(" STREAM") || human.stdout.contains("STREAM"), "a table:\n{}", human.stdout);
+
+    let c = run_with_url(
+        url,
+        &[
+            "--json",
+            "consumer",
+            "create",
+            "orders",
+            "billing",
+            "--include",
+            "orders.*.created",
+            "--include",
+            "orders.*.paid",
+            "--exclude",
+            "orders.test.>",
+            "--start",
+            "beginning",
+            "--max-attempts",
+            "3",
+            "--lease",
+            "45s",
+            "--backoff",
+            "2s,5m",
+        ],
+    )
+    .await
+    .json("consumer create");
+    assert_eq!(c["include"], serde_json::json!(["orders.*.created", "orders.*.paid"]));
+    assert_eq!(c["exclude"], serde_json::json!(["orders.test.>"]));
+    assert_eq!(c["max_attempts"], 3);
+    assert_eq!(c["lease"], "45s");
+    assert_eq!(c["backoff_initial"], "2s");
+    assert_eq!(c["backoff_max"], "5m");
+    let stored = sluice::get_consumer(&db.pool, "orders", "billing").await.unwrap();
+    assert_eq!(stored.lease, Duration::from_secs(45), "stored as given");
+    run_with_url(url, &["consumer", "create", "orders", "audit", "--start", "2026-01-01T00:00:00Z"])
+        .await
+        .success("at");
+    let list = run_with_url(url, &["--json", "consumer", "list", "orders"]).await.json("consumer list");
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(run_with_url(url, &["--json", "consumer", "list"]).await.json("all").as_array().unwrap().len(), 2);
+
+    let paused = run_with_url(url, &["--json", "consumer", "pause", "orders", "billing"]).await.json("pause");
+    assert_eq!(paused["paused"], true);
+    assert!(sluice::get_consumer(&db.pool, "orders", "billing").await.unwrap().paused);
+    let shown = run_with_url(url, &["--json", "consumer", "show", "orders", "billing"]).await.json("show");
+    assert_eq!(shown["paused"], true);
+    assert_eq!(shown["stats"]["lag_events"], 0);
+    assert_eq!(shown["workers"], serde_json::json!([]));
+    run_with_url(url, &["consumer", "resume", "orders", "billing"]).await.success("resume");
+    assert!(!sluice::get_consumer(&db.pool, "orders", "billing").await.unwrap().paused);
+
+    // Replay: published and completed, then reset to the beginning comes back as lag.
+    sluice::publish(&db.pool, "orders", sluice::NewEvent::new("orders.eu.created", &1).unwrap()).await.unwrap();
+    let handle = fail_some(&db.pool, "orders", "billing").await;
+    support::wait_until(Duration::from_secs(20), "the event handled", || async {
+        sluice::queue_stats(&db.pool, Some("orders"), Some("billing")).await.unwrap().consumers[0].lag_events == 0
+            && support::task_states(&db.pool, "billing").await.is_empty()
+    })
+    .await;
+    handle.shutdown(Duration::from_secs(5)).await;
+    let refused = run_with_url(url, &["consumer", "reset", "orders", "billing", "--to", "beginning"]).await;
+    assert!(refused.failure("reset without --yes").contains("--yes"));
+    run_with_url(url, &["consumer", "reset", "orders", "billing", "--to", "beginning", "--yes"]).await.success("reset");
+    let stats = run_with_url(url, &["--json", "stats", "orders", "billing"]).await.json("stats after reset");
+    assert_eq!(stats["consumers"][0]["lag_events"], 1, "the event is to be replayed: {stats}");
+    for to in ["now", "1", "2026-01-01T00:00:00Z"] {
+        run_with_url(url, &["consumer", "reset", "orders", "billing", "--to", to, "--yes"]).await.success(to);
+    }
+
+    // Deletes ask first; without a terminal and without --yes nothing goes.
+    let before = dump(&db.pool).await;
+    let line = run_with_url(url, &["consumer", "delete", "orders", "audit"]).await.failure("delete without --yes");
+    assert!(line.contains("--yes"), "{line}");
+    let line = run_with_url(url, &["stream", "delete", "orders"]).await.failure("stream delete without --yes");
+    assert!(line.contains("--yes"), "{line}");
+    assert_eq!(dump(&db.pool).await, before, "nothing changed");
+    run_with_url(url, &["consumer", "delete", "orders", "audit", "--yes"]).await.success("consumer delete");
+    assert!(sluice::get_consumer(&db.pool, "orders", "audit").await.is_err());
+    let shown = run_with_url(url, &["--json", "stream", "show", "orders"]).await.json("stream show");
+    assert_eq!(shown["consumers"].as_array().unwrap().len(), 1);
+    assert_eq!(shown["events"], 1);
+    run_with_url(url, &["stream", "delete", "orders", "--yes"]).await.success("stream delete");
+    assert!(sluice::get_stream(&db.pool, "orders").await.is_err());
+}
+
+#[tokio::test]
+async fn publish_from_arguments_stdin_and_ndjson() {
+    let db = TestDb::new().await;
+    let url = &db.url;
+    sluice::create_stream(&db.pool, "orders", sluice::StreamOptions::default()).await.unwrap();
+
+    let one = run_with_url(
+        url,
+        &[
+            "--json",
+            "publish",
+            "orders",
+            "orders.eu.created",
+            r#"{"id": 1}"#,
+            "--priority",
+            "4",
+            "--key",
+            "c-1",
+            "--deliver-at",
+            "2030-01-01T00:00:00Z",
+            "--metadata",
+            "source=cli",
+            "--metadata",
+            "run=1",
+        ],
+    )
+    .await
+    .json("publish one");
+    assert!(one["event_id"].as_i64().unwrap() > 0);
+    let stdin = run_with_stdin(url, &["publish", "orders", "orders.us.created"], r#"{"id": 2}"#).await;
+    assert!(stdin.success("payload from stdin").stdout.contains("published event"));
+    let stored: Vec<(String, serde_json::Value, i16, Option<String>, serde_json::Value, bool)> = sqlx::query_as(
+        "SELECT subject, payload, priority, key, metadata, deliver_at IS NOT NULL FROM sluice.events ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        [
+            (
+                "orders.eu.created".to_string(),
+                serde_json::json!({"id": 1}),
+                4,
+                Some("c-1".to_string()),
+                serde_json::json!({"source": "cli", "run": "1"}),
+                true
+            ),
+            ("orders.us.created".to_string(), serde_json::json!({"id": 2}), 1, None, serde_json::json!({}), false),
+        ]
+    );
+
+    // 1,200 lines: three batches, a final count, no progress bar when piped.
+    let mut ndjson = String::new();
+    for n in 0..1200 {
+        ndjson.push_str(&format!("{{\"subject\": \"orders.eu.created\", \"payload\": {{\"n\": {n}}}}}\n"));
+    }
+    let path = std::env::temp_dir().join(format!("sluice-{}.ndjson", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, &ndjson).unwrap();
+    let file = run_with_url(url, &["--json", "publish", "orders", "--file", path.to_str().unwrap()]).await;
+    assert_eq!(file.json("--file")["published"], 1200);
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sluice.events").fetch_one(&db.pool).await.unwrap()
+    };
+    assert_eq!(count().await, 1202);
+
+    // A bad line in the second batch: the first batch stays, nothing of the second is written.
+    let mut bad = ndjson.clone();
+    let mut lines: Vec<&str> = ndjson.lines().collect();
+    lines[700] = r#"{"subject": "orders..created", "payload": 1}"#;
+    bad.clear();
+    for l in &lines {
+        bad.push_str(l);
+        bad.push('\n');
+    }
+    let line = run_with_stdin(url, &["publish", "orders", "--file", "-"], &bad).await.failure("bad line");
+    assert!(line.contains("line 701") && line.contains("invalid subject"), "names the line and the reason: {line}");
+    assert_eq!(count().await, 1202 + 500, "the batch before the bad line was written, not the bad line's batch");
+
+    // --skip-invalid: every bad line reported with its number, the rest written.
+    let mixed = "{\"subject\": \"a.b\", \"payload\": 1}\nnot json\n{\"subject\": \"a.b\", \"payload\": 2, \"priority\": 9}\n\
+                 {\"subject\": \"a.b\"}\n{\"subject\": \"a.b\", \"payload\": 3, \"colour\": \"red\"}\n{\"subject\": \"a.b\", \"payload\": 4}\n";
+    let skipped = run_with_stdin(url, &["--json", "publish", "orders", "--file", "-", "--skip-invalid"], mixed).await;
+    assert_eq!(skipped.code, Some(0), "{}", skipped.stderr);
+    for n in [2, 3, 4, 5] {
+        assert!(skipped.stderr.contains(&format!("line {n} ")), "line {n} reported:\n{}", skipped.stderr);
+    }
+    assert!(skipped.stderr.contains("invalid priority 9"), "{}", skipped.stderr);
+    let summary: serde_json::Value = serde_json::from_str(&skipped.stdout).unwrap();
+    assert_eq!((summary["published"].as_i64(), summary["skipped"].as_i64()), (Some(2), Some(4)));
+    std::fs::remove_file(&path).ok();
+}
+
+#[tokio::test]
+async fn tasks_are_listed_shown_and_steered_by_id_and_by_filter() {
+    let db = TestDb::new().await;
+    let url = &db.url;
+    sluice::create_stream(&db.pool, "orders", sluice::StreamOptions::default()).await.unwrap();
+    sluice::create_consumer(&db.pool, "orders", "billing", sluice::ConsumerOptions::default().max_attempts(1))
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    for n in 0..5 {
+        events.push(sluice::NewEvent::new("orders.eu.fail", &serde_json::json!({"n": n})).unwrap());
+    }
+    for n in 5..8 {
+        events.push(sluice::NewEvent::new("orders.us.fail", &serde_json::json!({"n": n})).unwrap());
+    }
+    let ids = sluice::publish_batch(&db.pool, "orders", events).await.unwrap();
+    let handle = fail_some(&db.pool, "orders", "billing").await;
+    support::wait_until(Duration::from_secs(20), "8 dead letters", || async {
+        support::task_states(&db.pool, "billing").await == [("discarded".to_string(), 8)]
+    })
+    .await;
+    handle.shutdown(Duration::from_secs(5)).await;
+    sluice::pause_consumer(&db.pool, "orders", "billing").await.unwrap();
+
+    // Paging by cursor.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut args = vec!["--json", "tasks", "list", "orders", "billing", "--state", "discarded", "--limit", "3"];
+        if let Some(a) = &after {
+            args.extend(["--after", a.as_str()]);
+        }
+        let page = run_with_url(url, &args).await.json("a page");
+        for t in page["tasks"].as_array().unwrap() {
+            assert_eq!(t["state"], "discarded");
+            seen.push(t["event_id"].as_i64().unwrap());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids.iter().map(|id| id.0).collect::<Vec<_>>(), "every task once, in order");
+    let eu = run_with_url(url, &["--json", "tasks", "list", "orders", "billing", "--subject", "orders.eu.*"]).await;
+    assert_eq!(eu.json("by subject")["tasks"].as_array().unwrap().len(), 5);
+    let old = run_with_url(url, &["--json", "tasks", "list", "orders", "billing", "--older-than", "1h"]).await;
+    assert_eq!(old.json("older than an hour")["tasks"].as_array().unwrap().len(), 0);
+
+    let id = ids[0].0.to_string();
+    let shown = run_with_url(url, &["--json", "tasks", "show", "orders", "billing", &id]).await.json("show");
+    assert_eq!(shown["event"]["payload"], serde_json::json!({"n": 0}));
+    assert_eq!(shown["event"]["subject"], "orders.eu.fail");
+    assert_eq!(shown["task"]["errors"][0]["error"], "the tax table is missing");
+    assert_eq!(shown["log"][0]["action"], "discarded");
+    let human = run_with_url(url, &["tasks", "show", "orders", "billing", &id]).await.success("show as text");
+    assert!(human.stdout.contains("the tax table is missing"), "{}", human.stdout);
+
+    // A filter asks first: without --yes and a terminal, nothing changes.
+    let before = dump(&db.pool).await;
+    let line =
+        run_with_url(url, &["tasks", "retry", "orders", "billing", "--state", "discarded"]).await.failure("no --yes");
+    assert!(line.contains("8 task(s)") && line.contains("--yes"), "shows the count first: {line}");
+    assert_eq!(dump(&db.pool).await, before);
+
+    let retried = run_with_url(
+        url,
+        &["--json", "tasks", "retry", "orders", "billing", "--state", "discarded", "--subject", "orders.eu.>", "--yes"],
+    )
+    .await
+    .json("retry by filter");
+    assert_eq!(retried["retried"], 5);
+    assert_eq!(
+        support::task_states(&db.pool, "billing").await,
+        [("available".to_string(), 5), ("discarded".to_string(), 3)]
+    );
+
+    // By id: one cancelled; a second cancel is refused and says why.
+    run_with_url(url, &["tasks", "cancel", "orders", "billing", &id, "--reason", "duplicate"]).await.success("cancel");
+    let line = run_with_url(url, &["tasks", "cancel", "orders", "billing", &id]).await.failure("cancel twice");
+    assert!(line.contains("it is cancelled"), "{line}");
+    let line = run_with_url(url, &["tasks", "cancel", "orders", "billing", "999999"]).await.failure("no such task");
+    assert!(line.contains("no task for event 999999"), "{line}");
+    let log = sluice::task_log(&db.pool, "orders", "billing", ids[0]).await.unwrap();
+    assert_eq!(log.last().unwrap().reason.as_deref(), Some("duplicate"));
+
+    let discarded =
+        run_with_url(url, &["--json", "tasks", "discard", "orders", "billing", "--state", "available", "--yes"])
+            .await
+            .json("discard by filter");
+    assert_eq!(discarded["discarded"], 4);
+    let line = run_with_url(url, &["tasks", "retry", "orders", "billing", "--state", "running", "--yes"])
+        .await
+        .failure("state");
+    assert!(line.contains("cannot retry running tasks"), "{line}");
+    let line = run_with_url(url, &["tasks", "retry", "orders", "billing"]).await.failure("neither ids nor filter");
+    assert!(line.contains("--state") || line.contains("EVENT_ID"), "{line}");
+    assert_eq!(
+        support::task_states(&db.pool, "billing").await,
+        [("cancelled".to_string(), 1), ("discarded".to_string(), 7)]
+    );
+}
+
+#[tokio::test]
+async fn stats_workers_and_cleanup_show_the_queue_and_who_holds_vacuum_back() {
+    let db = TestDb::new().await;
+    let url = &db.url;
+    sluice::create_stream(&db.pool, "orders", sluice::StreamOptions::default()).await.unwrap();
+    sluice::create_consumer(&db.pool, "orders", "billing", sluice::ConsumerOptions::default().max_attempts(1))
+        .await
+        .unwrap();
+    for subject in ["orders.eu.ok", "orders.eu.ok", "orders.eu.fail"] {
+        sluice::publish(&db.pool, "orders", sluice::NewEvent::new(subject, &1).unwrap()).await.unwrap();
+    }
+    let lagging = run_with_url(url, &["--json", "stats"]).await.json("stats before any subscriber");
+    assert_eq!(lagging["consumers"][0]["lag_events"], 3);
+    assert!(lagging["consumers"][0]["lag_oldest_at"].is_string());
+
+    // A session that holds a snapshot open: the stats name it.
+    let mut holder =
+        sqlx::PgConnection::connect_with(&db.options().await.application_name("stuck-report")).await.unwrap();
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT count(*) FROM sluice.events").execute(&mut holder).await.unwrap();
+    let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut holder).await.unwrap();
+
+    let handle = fail_some(&db.pool, "orders", "billing").await;
+    support::wait_until(Duration::from_secs(20), "handled and reported", || async {
+        let s = sluice::queue_stats(&db.pool, None, None).await.unwrap();
+        let c = &s.consumers[0];
+        c.lag_events == 0 && c.discarded == 1 && c.completed_last_minute == 2 && c.failed_last_minute == 1
+    })
+    .await;
+    let stats = run_with_url(url, &["--json", "stats", "orders"]).await.json("stats");
+    let c = &stats["consumers"][0];
+    assert_eq!((c["discarded"].as_i64(), c["available"].as_i64()), (Some(1), Some(0)));
+    assert_eq!(c["workers_active"].as_i64().unwrap() + c["workers_idle"].as_i64().unwrap(), 1);
+    // Another test's session on the same server may be older: ours is named
+    // when it is the oldest, and the horizon is at least as old as ours.
+    let h = &stats["database"]["xmin_holder"];
+    assert!(h.is_object(), "a holder is named: {stats}");
+    if h["pid"].as_i64() == Some(holder_pid.into()) {
+        assert_eq!(h["application"], "stuck-report");
+        assert_eq!(h["state"], "idle in transaction");
+    }
+    assert!(stats["database"]["dead_rows"].is_array());
+    let human = run_with_url(url, &["stats"]).await.success("stats as text");
+    assert!(human.stdout.contains("xmin horizon") && human.stdout.contains("billing"), "{}", human.stdout);
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+
+    let workers = run_with_url(url, &["--json", "workers", "list", "orders", "billing"]).await.json("workers");
+    let w = &workers[0];
+    assert_eq!(w["pid"].as_i64(), Some(std::process::id().into()), "this process");
+    assert!(["active", "idle"].contains(&w["status"].as_str().unwrap()), "{w}");
+    assert!(w["heartbeat_age_ms"].as_i64().unwrap() >= 0);
+
+    // --watch redraws until stopped.
+    let mut watch = sluice()
+        .await
+        .args(["--database-url", url, "stats", "--watch", "0.2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    watch.start_kill().unwrap();
+    let out = watch.wait_with_output().await.unwrap();
+    let frames = String::from_utf8_lossy(&out.stdout).matches("Ctrl-C to stop").count();
+    assert!(frames >= 2, "redrawn: {frames} frames");
+
+    handle.shutdown(Duration::from_secs(5)).await;
+    let gone = run_with_url(url, &["--json", "workers", "list"]).await.json("after shutdown");
+    assert_eq!(gone, serde_json::json!([]), "a stopped worker leaves");
+
+    // Cleanup: the dry run changes nothing; the run removes the dead letter past its retention.
+    sqlx::query("UPDATE sluice.consumers SET dead_retention = '1 millisecond'").execute(&db.pool).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let before = dump(&db.pool).await;
+    let dry = run_with_url(url, &["--json", "cleanup", "--dry-run"]).await.json("dry run");
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["consumers"][0]["expired_tasks"], 1);
+    assert_eq!(dump(&db.pool).await, before, "a dry run changes nothing");
+    let done = run_with_url(url, &["--json", "cleanup"]).await.json("cleanup");
+    assert_eq!(done["consumers"][0]["expired_tasks"], 1);
+    assert!(support::task_states(&db.pool, "billing").await.is_empty(), "the dead letter is gone");
+}
+
+#[tokio::test]
+async fn bad_input_exits_1_with_one_line_and_changes_nothing() {
+    let db = TestDb::new().await;
+    let url = &db.url;
+    sluice::create_stream(&db.pool, "orders", sluice::StreamOptions::default()).await.unwrap();
+    sluice::create_consumer(&db.pool, "orders", "billing", sluice::ConsumerOptions::default()).await.unwrap();
+    sluice::publish(&db.pool, "orders", sluice::NewEvent::new("orders.eu.created", &1).unwrap()).await.unwrap();
+    let before = dump(&db.pool).await;
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["publish", "nosuch", "a.b", "{}"], "stream \"nosuch\" does not exist"),
+        (&["publish", "orders", "a.b", "{not json"], "invalid JSON"),
+        (&["publish", "orders", "a.b", "{}", "--priority", "0"], "invalid priority 0"),
+        (&["publish", "orders", "a.b", "{}", "--priority", "9"], "invalid priority 9"),
+        (&["publish", "orders", "a.>.b", "{}"], "invalid subject \"a.>.b\""),
+        (&["publish", "orders", "a.b", "{}", "--deliver-at", "tomorrow"], "invalid deliver_at \"tomorrow\""),
+        (&["publish", "orders", "a.b", "{}", "--metadata", "novalue"], "invalid --metadata"),
+        (&["stream", "create", "fresh", "--retention", "forever"], "invalid --retention \"forever\""),
+        (&["stream", "create", "bad name!"], "invalid stream name"),
+        (&["stream", "show", "nosuch"], "stream \"nosuch\" does not exist"),
+        (&["stream", "delete", "nosuch", "--yes"], "stream \"nosuch\" does not exist"),
+        (&["consumer", "create", "orders", "c2", "--include", "a.>.b"], "invalid subject pattern \"a.>.b\""),
+        (&["consumer", "create", "orders", "c2", "--lease", "soon"], "invalid --lease \"soon\""),
+        (&["consumer", "create", "orders", "c2", "--backoff", "1s"], "invalid --backoff"),
+        (&["consumer", "create", "orders", "c2", "--start", "yesterday"], "invalid --start"),
+        (&["consumer", "create", "nosuch", "c2"], "stream \"nosuch\" does not exist"),
+        (&["consumer", "show", "orders", "nosuch"], "consumer \"nosuch\" of stream \"orders\" does not exist"),
+        (&["consumer", "pause", "orders", "nosuch"], "consumer \"nosuch\""),
+        (&["consumer", "reset", "orders", "billing", "--to", "last tuesday", "--yes"], "invalid --to"),
+        (&["consumer", "delete", "orders", "nosuch", "--yes"], "consumer \"nosuch\""),
+        (&["tasks", "list", "orders", "nosuch"], "consumer \"nosuch\""),
+        (&["tasks", "list", "orders", "billing", "--subject", "a.>.b"], "invalid subject pattern"),
+        (&["tasks", "list", "orders", "billing", "--older-than", "old"], "invalid --older-than \"old\""),
+        (&["tasks", "list", "orders", "billing", "--after", "page2"], "not a cursor"),
+        (&["tasks", "list", "orders", "billing", "--limit", "0"], "invalid limit"),
+        (&["tasks", "retry", "orders", "billing", "--state", "discarded", "--subject", "a.>.b", "--yes"], "pattern"),
+        (&["tasks", "show", "orders", "billing", "42"], "has no task for event 42"),
+        (&["stats", "nosuch"], "stream \"nosuch\" does not exist"),
+        (&["stats", "orders", "nosuch"], "consumer \"nosuch\""),
+        (&["workers", "list", "nosuch"], "stream \"nosuch\" does not exist"),
+        // Usage errors: one line too.
+        (&["stream", "frobnicate"], "unrecognized subcommand"),
+        (&["publish"], "required"),
+        (&["tasks", "list", "orders", "billing", "--state", "sleeping"], "invalid value 'sleeping'"),
+        (&["publish", "orders", "a.b", "{}", "--priority", "high"], "invalid value 'high'"),
+    ];
+    for (args, expect) in cases {
+        let line = run_with_url(url, args).await.failure(&format!("{args:?}"));
+        assert!(line.contains(expect), "{args:?}: the line says {expect:?}: {line}");
+    }
+    // NDJSON with a bad line: the line number and the reason.
+    let line =
+        run_with_stdin(url, &["publish", "orders", "--file", "-"], "{\"subject\": \"a.b\", \"payload\": 1}\n{oops\n")
+            .await
+            .failure("bad NDJSON");
+    assert!(line.contains("line 2 of stdin"), "{line}");
+    // Unreachable and malformed database URLs, for a command other than migrate.
+    let line = run_with_url("postgres://postgres@127.0.0.1:1/x", &["stats"]).await.failure("refused");
+    assert!(line.contains("cannot connect"), "{line}");
+    let line = run_with_url("nonsense", &["stream", "list"]).await.failure("malformed");
+    assert!(line.contains("invalid database URL"), "{line}");
+
+    assert_eq!(dump(&db.pool).await, before, "nothing stored changed");
 }

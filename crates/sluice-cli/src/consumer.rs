@@ -257,7 +257,10 @@ pub async fn run(pool: &PgPool, out: Out, args: ConsumerArgs) -> Result<()> {
         ConsumerCommand::Delete { stream, name, yes } => {
             let stats = sluice::queue_stats(pool, Some(&stream), Some(&name)).await?;
             let pending = stats.consumers.first().map(|s| s.scheduled + s.available + s.running).unwrap_or(0);
-            confirm(yes, &format!("Delete consumer {name:?} of stream {stream:?} with its {pending} pending task(s)?"))?;
+            confirm(
+                yes,
+                &format!("Delete consumer {name:?} of stream {stream:?} with its {pending} pending task(s)?"),
+            )?;
             sluice::delete_consumer(pool, &stream, &name).await?;
             out.print(&json!({"deleted": {"stream": stream, "consumer": name}}), || {
                 format!("deleted consumer {name} of stream {stream}")

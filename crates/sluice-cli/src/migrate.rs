@@ -57,4 +57,3 @@ pub async fn run(pool: &PgPool, command: MigrateCommand) -> Result<()> {
     }
     Ok(())
 }
-

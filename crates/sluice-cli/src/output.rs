@@ -45,9 +45,8 @@ pub fn table<I: IntoIterator<Item = &'static str>>(header: I) -> Table {
 
 /// A duration as the flags take it: `30s`, `5m`, `1h 30m`, `7days`.
 pub fn parse_duration(flag: &str, text: &str) -> Result<Duration> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        anyhow::anyhow!("invalid {flag} {text:?}: {e} (write durations as 30s, 5m, 2h, 7days)")
-    })
+    humantime::parse_duration(text.trim())
+        .map_err(|e| anyhow::anyhow!("invalid {flag} {text:?}: {e} (write durations as 30s, 5m, 2h, 7days)"))
 }
 
 /// A duration as people read it, to the second (to the millisecond below one).

@@ -105,9 +105,8 @@ pub async fn run(pool: &PgPool, out: Out, args: PublishArgs) -> Result<()> {
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("invalid JSON payload: {e}"))?;
     let mut metadata = Vec::new();
     for entry in &args.metadata {
-        let (k, v) = entry
-            .split_once('=')
-            .with_context(|| format!("invalid --metadata {entry:?}: write it as KEY=VALUE"))?;
+        let (k, v) =
+            entry.split_once('=').with_context(|| format!("invalid --metadata {entry:?}: write it as KEY=VALUE"))?;
         metadata.push((k.to_string(), v.to_string()));
     }
     let e = event(subject, &payload, args.priority, args.key.as_deref(), args.deliver_at.as_deref(), metadata)?;
@@ -150,11 +149,9 @@ async fn publish_file(pool: &PgPool, out: Out, stream: &str, path: &str, skip_in
         if batch.is_empty() {
             first_line_of_batch = number;
         }
-        let parsed = serde_json::from_str::<Line>(&line)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .and_then(|l| {
-                event(&l.subject, &l.payload, l.priority, l.key.as_deref(), l.deliver_at.as_deref(), l.metadata)
-            });
+        let parsed = serde_json::from_str::<Line>(&line).map_err(|e| anyhow::anyhow!("{e}")).and_then(|l| {
+            event(&l.subject, &l.payload, l.priority, l.key.as_deref(), l.deliver_at.as_deref(), l.metadata)
+        });
         match parsed {
             Ok(e) => batch.push(e),
             Err(e) if skip_invalid => {

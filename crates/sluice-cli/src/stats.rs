@@ -42,7 +42,12 @@ pub async fn run(pool: &PgPool, out: Out, args: StatsArgs) -> Result<()> {
                 // Home and clear: redraw in place.
                 write!(stdout, "\x1b[H\x1b[2J")?;
             }
-            writeln!(stdout, "{}  (every {}; Ctrl-C to stop)\n", output::time(Some(chrono::Utc::now())), output::duration(every))?;
+            writeln!(
+                stdout,
+                "{}  (every {}; Ctrl-C to stop)\n",
+                output::time(Some(chrono::Utc::now())),
+                output::duration(every)
+            )?;
             writeln!(stdout, "{}", render(&stats).trim_end())?;
             if !terminal {
                 writeln!(stdout)?;

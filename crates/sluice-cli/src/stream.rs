@@ -78,8 +78,10 @@ pub async fn run(pool: &PgPool, out: Out, args: StreamArgs) -> Result<()> {
             let consumers: Vec<_> = stats
                 .consumers
                 .iter()
-                .map(|c| json!({"name": c.consumer, "paused": c.paused, "lag_events": c.lag_events,
-                                "available": c.available, "running": c.running, "discarded": c.discarded}))
+                .map(|c| {
+                    json!({"name": c.consumer, "paused": c.paused, "lag_events": c.lag_events,
+                                "available": c.available, "running": c.running, "discarded": c.discarded})
+                })
                 .collect();
             let events = stats.consumers.first().map(|c| c.events);
             let mut value = stream_json(&s);

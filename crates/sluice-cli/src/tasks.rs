@@ -256,22 +256,33 @@ async fn steer(pool: &PgPool, out: Out, action: Action, s: Steer) -> Result<()> 
                 Err(e) => return Err(e.into()),
             }
         }
-        out.print(&json!({ action.done(): done, "refused": refused }), || {
-            format!("{} {} task(s)", action.done(), done.len())
-        })?;
+        // What was done is printed even when some were refused; the refusal
+        // is the error line.
+        if refused.is_empty() || !done.is_empty() {
+            out.print(&json!({ action.done(): done, "refused": refused }), || {
+                format!("{} {} task(s)", action.done(), done.len())
+            })?;
+        }
         if let Some(first) = refused.first() {
-            bail!("{first}{}", if refused.len() > 1 { format!(" (and {} more)", refused.len() - 1) } else { String::new() });
+            bail!(
+                "{first}{}",
+                if refused.len() > 1 { format!(" (and {} more)", refused.len() - 1) } else { String::new() }
+            );
         }
         return Ok(());
     }
     let filter = s.filter.build()?;
     let counts = sluice::count_tasks(pool, stream, consumer, &filter).await?;
     let total: i64 = counts.iter().map(|(_, n)| n).sum();
-    if total == 0 {
-        return out.print(&json!({ action.done(): 0 }), || "no task matches: nothing to do".to_string());
+    // Nothing matches: nothing to confirm. The action still runs, for the
+    // library to refuse a filter it cannot apply (retry running tasks).
+    if total > 0 {
+        let by_state = counts.iter().map(|(s, n)| format!("{n} {}", s.as_str())).collect::<Vec<_>>().join(", ");
+        confirm(
+            s.yes,
+            &format!("{} {total} task(s) of consumer {consumer:?} ({by_state})?", capitalized(action.verb())),
+        )?;
     }
-    let by_state = counts.iter().map(|(s, n)| format!("{n} {}", s.as_str())).collect::<Vec<_>>().join(", ");
-    confirm(s.yes, &format!("{} {total} task(s) of consumer {consumer:?} ({by_state})?", capitalized(action.verb())))?;
     let steered = match action {
         Action::Retry => sluice::retry_tasks(pool, stream, consumer, &filter, reason).await?,
         Action::Cancel => sluice::cancel_tasks(pool, stream, consumer, &filter, reason).await?,

@@ -379,7 +379,7 @@ impl Action {
     }
 
     /// The states a task must be in for the action.
-    fn from_states(self) -> &'static [TaskState] {
+    fn allowed_states(self) -> &'static [TaskState] {
         match self {
             Action::Retry => &[TaskState::Discarded, TaskState::Cancelled],
             Action::Cancel | Action::Discard => &[TaskState::Available, TaskState::Scheduled],
@@ -450,14 +450,14 @@ async fn bulk(
     if let Some(reason) = reason {
         check_text("reason", reason)?;
     }
-    if let Some(state) = filter.states.iter().find(|s| !action.from_states().contains(s)) {
+    if let Some(state) = filter.states.iter().find(|s| !action.allowed_states().contains(s)) {
         return Err(InvalidInput::Setting {
             setting: "state",
             reason: format!(
                 "cannot {} {} tasks: only {} tasks can be",
                 action.name(),
                 state.as_str(),
-                action.from_states().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
+                action.allowed_states().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
             ),
         }
         .into());
@@ -542,7 +542,7 @@ async fn one(
         event_id,
         state: task.state,
         action: action.name(),
-        allowed: action.from_states().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or "),
+        allowed: action.allowed_states().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or "),
     })
 }
 
