@@ -10,11 +10,25 @@
 //! Completed tasks are kept for an hour, so the example can show every task's
 //! final state, its errors and its audit log.
 //!
-//! Run with `cargo run --example defer_and_retry`.
+//! Run with `cargo run --example defer_and_retry`. It uses the database named
+//! by `DATABASE_URL`, or `postgres://postgres@127.0.0.1:5432/postgres` when
+//! that is unset, and leaves behind in it:
+//! - Sluice's schema `sluice` (`sluice::migrate`);
+//! - the stream `jobs` and its consumer `defer-demo`, which later runs reuse;
+//! - this run's five events, until the stream's retention (7 days);
+//! - their tasks: the completed ones for an hour, the discarded ones (dead
+//!   letters) for 7 days, and the audit log (`sluice.task_log`) for 30 days.
+//!
+//! Runs may overlap: the subscribers of one consumer compete for its tasks,
+//! so a run may handle some of another run's jobs. Each run waits for its own
+//! jobs' tasks to settle in the database, whoever handles them.
+
+mod common;
 
 use std::fmt;
 use std::time::Duration;
 
+use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use sluice::{
     ConsumerOptions, Defer, EventId, HandlerError, Message, NewEvent, Priority, StreamOptions, Subscription, TaskState,
@@ -106,14 +120,15 @@ async fn handle(msg: Message<Job>, started: Instant) -> Result<(), HandlerError>
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").init();
-    let pool = support::demo_database("sluice_demo").await;
+    let pool = common::connect().await?;
 
-    // Idempotent set-up. The consumer starts at `Start::Now` (the default) when
-    // it is first created and keeps its position, so a rerun sees only its own
-    // events. Short retry backoff (100 ms doubling to 1 s), 4 attempts at most.
-    sluice::migrate(&pool).await?;
+    // Idempotent set-up, safe to run from several processes at once. The
+    // consumer starts at `Start::Now` (the default) when it is first created
+    // and keeps its position, so a rerun does not see earlier runs' events.
+    // Short retry backoff (100 ms doubling to 1 s), 4 attempts at most.
+    sluice::migrate(&pool).await.context("migrating Sluice's schema")?;
     sluice::create_stream(&pool, STREAM, StreamOptions::default()).await?;
     let consumer = ConsumerOptions::default()
         .max_attempts(4)
@@ -155,7 +170,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if Instant::now() > deadline {
             worker.shutdown(Duration::from_secs(5)).await;
-            return Err(format!("only {settled} of {} jobs were settled within 30 s", ids.len()).into());
+            bail!("only {settled} of {} jobs were settled within 30 s", ids.len());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -167,7 +182,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         surprises += usize::from(report(&pool, id, job, *expected).await?);
     }
     if surprises > 0 {
-        return Err(format!("{surprises} jobs did not end as expected").into());
+        bail!("{surprises} jobs did not end as expected");
     }
     println!("every job ended as expected");
     Ok(())

@@ -1,9 +1,22 @@
 //! A business write and the ack in one transaction: both commit or neither.
 //!
-//! Run with `cargo run --example transactional_ack`.
+//! Run with `cargo run --example transactional_ack`. It uses the database
+//! named by `DATABASE_URL`, or `postgres://postgres@127.0.0.1:5432/postgres`
+//! when that is unset, and leaves behind in it:
+//! - Sluice's schema `sluice` (`sluice::migrate`);
+//! - the stream `payments` and its consumer `ledger`, which later runs reuse;
+//! - this run's three events, until the stream's retention (7 days);
+//! - the business table `ledger_entries`, with one row per payment booked.
+//!
+//! The completed tasks are deleted at ack (the default): the ledger rows are
+//! the record. Runs may overlap: each waits until its own payments are in the
+//! ledger, whichever run's subscriber booked them.
+
+mod common;
 
 use std::time::Duration;
 
+use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use sluice::{ConsumerOptions, HandlerError, Message, NewEvent, StreamOptions, Subscription};
 
@@ -14,18 +27,15 @@ struct Payment {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter("warn").init();
-    let pool = support::demo_database("sluice_demo").await;
-    sluice::migrate(&pool).await?;
+    let pool = common::connect().await?;
+
+    // Idempotent set-up, safe to run from several processes at once.
+    sluice::migrate(&pool).await.context("migrating Sluice's schema")?;
     sluice::create_stream(&pool, "payments", StreamOptions::default()).await?;
     sluice::create_consumer(&pool, "payments", "ledger", ConsumerOptions::default()).await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS ledger_entries (
-             event_id bigint PRIMARY KEY, order_id integer NOT NULL, amount_cents bigint NOT NULL)",
-    )
-    .execute(&pool)
-    .await?;
+    create_ledger(&pool).await.context("creating the table ledger_entries")?;
 
     let db = pool.clone();
     let ledger = sluice::sub(&pool, Subscription::new("payments", "ledger"), move |msg: Message<Payment>| {
@@ -70,11 +80,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
         if tokio::time::Instant::now() > deadline {
-            return Err("payments were not booked within 30 s".into());
+            ledger.shutdown(Duration::from_secs(5)).await;
+            bail!("only {booked} of {} payments were booked within 30 s", ids.len());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ledger.shutdown(Duration::from_secs(5)).await;
     println!("all {} payments booked exactly once", ids.len());
     Ok(())
+}
+
+/// The application's own table. Your migrations would create it; here one
+/// statement stands in for them, under an advisory lock as migration tools
+/// take: two concurrent `CREATE TABLE IF NOT EXISTS` of one table can fail
+/// (both see it missing, and the second insert into the catalog conflicts).
+async fn create_ledger(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('ledger_entries'))").execute(&mut *tx).await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS ledger_entries (
+             event_id bigint PRIMARY KEY, order_id integer NOT NULL, amount_cents bigint NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }

@@ -245,25 +245,6 @@ pub async fn task_states(pool: &PgPool, consumer: &str) -> Vec<(String, i64)> {
     .expect("count tasks")
 }
 
-/// A pool on a database for the examples, created if missing on the server
-/// the tests would use (`DATABASE_URL`, a local Postgres, or Docker).
-/// In your own code this is just `PgPool::connect(&url)`.
-pub async fn demo_database(name: &str) -> PgPool {
-    let server = server().await;
-    let mut admin = server.connect().await.expect("connect to Postgres");
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut admin)
-        .await
-        .expect("look up the demo database");
-    if !exists {
-        // A concurrent creator may win the race; the connect below decides.
-        let _ = sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await;
-    }
-    admin.close().await.ok();
-    PgPoolOptions::new().max_connections(10).connect_with(server.clone().database(name)).await.expect("connect")
-}
-
 /// Subscribes with a handler that records each payload's number `n` into
 /// `seen` and acks.
 pub async fn record_n(
