@@ -18,9 +18,20 @@ pub const LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgre
 /// A pool on the database named by `DATABASE_URL`, or on
 /// [`LOCAL_DATABASE_URL`] when it is unset. The examples use that database
 /// and no other.
+///
+/// With neither (no `DATABASE_URL`, nothing on 127.0.0.1:5432) but Docker
+/// running, the example starts a throwaway Postgres container and says so:
+/// what the example leaves behind then goes with the container.
 pub async fn connect() -> anyhow::Result<PgPool> {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| LOCAL_DATABASE_URL.to_string());
-    let options = PgConnectOptions::from_str(&url).context("DATABASE_URL is not a Postgres URL")?;
+    let url = std::env::var("DATABASE_URL").ok();
+    let mut options = PgConnectOptions::from_str(url.as_deref().unwrap_or(LOCAL_DATABASE_URL))
+        .context("DATABASE_URL is not a Postgres URL")?;
+    if url.is_none() && PgConnection::connect_with(&options).await.is_err() {
+        if let Some(container) = docker_postgres().await {
+            println!("nothing answers on 127.0.0.1:5432: using a throwaway Postgres container");
+            options = container;
+        }
+    }
     // Named without the password, which the URL may hold.
     let database = format!(
         "database {} on {}:{} as {}",
@@ -42,4 +53,26 @@ pub async fn connect() -> anyhow::Result<PgPool> {
     let pool = PgPool::connect_with(options).await.with_context(|| format!("cannot connect to {database}"))?;
     println!("using {database}");
     Ok(pool)
+}
+
+/// A Postgres 15 container, kept for the life of the process, when Docker
+/// runs; none otherwise.
+async fn docker_postgres() -> Option<PgConnectOptions> {
+    use testcontainers_modules::postgres::Postgres;
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    use testcontainers_modules::testcontainers::ImageExt;
+
+    let docker = std::process::Command::new("docker")
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !docker.is_ok_and(|s| s.success()) {
+        return None;
+    }
+    let container = Postgres::default().with_tag("15-alpine").start().await.ok()?;
+    let port = container.get_host_port_ipv4(5432).await.ok()?;
+    // Removed by testcontainers when the process ends.
+    Box::leak(Box::new(container));
+    Some(PgConnectOptions::new().host("127.0.0.1").port(port).username("postgres").password("postgres"))
 }
