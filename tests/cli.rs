@@ -798,3 +798,48 @@ async fn bad_input_exits_1_with_one_line_and_changes_nothing() {
 
     assert_eq!(dump(&db.pool).await, before, "nothing stored changed");
 }
+
+#[tokio::test]
+async fn serve_exposes_the_queue_to_prometheus_and_a_health_check() {
+    use tokio::io::AsyncBufReadExt;
+    let db = TestDb::new().await;
+    sluice::create_stream(&db.pool, "orders", sluice::StreamOptions::default()).await.unwrap();
+    sluice::create_consumer(&db.pool, "orders", "billing", sluice::ConsumerOptions::default()).await.unwrap();
+
+    // Port 0: the server says where it listens on its first line.
+    let mut server = sluice()
+        .await
+        .args(["--database-url", &db.url, "serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let address = first
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("an address in {first:?}"))
+        .to_string();
+
+    assert_eq!(support::http_get(&address, "/healthz").await, (200, "ok\n".to_string()));
+    let lag = r#"sluice_consumer_lag_events{stream="orders",consumer="billing"}"#;
+    let (status, page) = support::http_get(&address, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(support::sample(&page, lag), Some(0.0), "{page}");
+    sluice::publish(&db.pool, "orders", sluice::NewEvent::new("orders.eu.created", &1).unwrap()).await.unwrap();
+    let page = support::http_get(&address, "/metrics").await.1;
+    assert_eq!(support::sample(&page, lag), Some(1.0), "read at each scrape:\n{page}");
+    assert!(support::sample(&page, "sluice_xmin_horizon_age_seconds").is_some(), "{page}");
+    assert_eq!(support::http_get(&address, "/nothing").await.0, 404);
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+
+    // A port that cannot be had: one line, exit 1.
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let line = run_with_url(&db.url, &["serve", "--listen", &busy]).await.failure("port in use");
+    assert!(line.contains("cannot listen on"), "{line}");
+    let line = run_with_url(&db.url, &["serve", "--listen", "localhost"]).await.failure("not an address");
+    assert!(line.contains("invalid value 'localhost'"), "{line}");
+}

@@ -263,3 +263,25 @@ pub async fn record_n(
     .await
     .expect("the subscriber starts")
 }
+
+/// `GET path` on `address` (host:port) over plain HTTP/1.1: the status code
+/// and the body. Enough for the health check and the metrics page.
+pub async fn http_get(address: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect to the server");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send the request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read the response");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    // Chunked bodies keep their chunk sizes: callers look for lines in it.
+    (status, body)
+}
+
+/// The value of the Prometheus sample whose name and labels start `series`
+/// (`name{label="x"` …), if the page has one.
+pub fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}

@@ -12,6 +12,7 @@ use crate::consumer::ConsumerArgs;
 use crate::migrate::MigrateArgs;
 use crate::output::Out;
 use crate::publish::PublishArgs;
+use crate::serve::ServeArgs;
 use crate::stats::StatsArgs;
 use crate::stream::StreamArgs;
 use crate::tasks::TasksArgs;
@@ -55,6 +56,8 @@ enum Command {
     Workers(WorkersArgs),
     /// Run the subscribers' housekeeping by hand (retention, lost leases, due tasks).
     Cleanup(CleanupArgs),
+    /// Serve /metrics (Prometheus) and /healthz over HTTP.
+    Serve(ServeArgs),
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the level set by `-v`.
@@ -81,6 +84,7 @@ pub async fn run(opt: Opt) -> Result<()> {
         Command::Stats(args) => crate::stats::run(&pool, out, args).await,
         Command::Workers(args) => crate::workers::run(&pool, out, args).await,
         Command::Cleanup(args) => crate::cleanup::run(&pool, out, args).await,
+        Command::Serve(args) => crate::serve::run(&pool, args).await,
     }
 }
 

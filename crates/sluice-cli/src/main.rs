@@ -8,6 +8,7 @@ mod consumer;
 mod migrate;
 mod output;
 mod publish;
+mod serve;
 mod stats;
 mod stream;
 mod tasks;
