@@ -33,6 +33,7 @@ mod admin;
 mod error;
 mod ids;
 mod message;
+pub mod metrics;
 mod migrate;
 mod pooler;
 mod publish;

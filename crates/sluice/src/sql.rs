@@ -31,3 +31,4 @@ pub(crate) const TASK_RETRY: &str = include_str!("sql/task_retry.sql");
 pub(crate) const WORKER_REGISTER: &str = include_str!("sql/worker_register.sql");
 pub(crate) const WORKER_UNREGISTER: &str = include_str!("sql/worker_unregister.sql");
 pub(crate) const WORKER_HELD: &str = include_str!("sql/worker_held.sql");
+pub(crate) const XMIN_HORIZON_AGE: &str = include_str!("sql/xmin_horizon_age.sql");

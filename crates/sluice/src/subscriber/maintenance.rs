@@ -27,13 +27,15 @@ pub(crate) struct Maintained {
 }
 
 pub(crate) async fn run_once(shared: &Shared) -> Result<Maintained, sqlx::Error> {
-    type Row = (i64, i64, i64, i64, i64, i64, bool, Option<i64>);
-    let (promoted, expired, forgotten, purged, log_purged, _woken, more, next_due_ms): Row = timed(
+    type Row = (i64, i64, i64, i64, i64, i64, i64, bool, Option<i64>);
+    let (promoted, expired, expired_discarded, forgotten, purged, log_purged, _woken, more, next_due_ms): Row = timed(
         shared.db_timeout,
         "housekeeping",
         on_pool!(&shared.pool, sqlx::query_as(sql::MAINTAIN).bind(shared.consumer_id).bind(BATCH), fetch_one),
     )
     .await?;
+    shared.metrics.rescued.increment((expired - expired_discarded) as u64);
+    shared.metrics.dead_lettered.increment(expired_discarded as u64);
     if expired > 0 || forgotten > 0 {
         info!(expired, forgotten, "freed tasks of lost leases and dead workers");
     }
