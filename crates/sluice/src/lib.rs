@@ -42,6 +42,8 @@ mod stats;
 mod subject;
 mod subscriber;
 mod tasks;
+#[cfg(feature = "otel")]
+mod trace_context;
 
 pub use admin::{
     create_consumer, create_stream, delete_consumer, delete_stream, get_consumer, get_stream, list_consumers,

@@ -154,7 +154,9 @@ where
     insert(db.into(), stream, events).await
 }
 
-/// The publish itself, in the caller's span.
+/// The publish itself, in the caller's span: with the `otel` feature, each
+/// event's metadata carries that span's trace context (unless it has a
+/// `traceparent` of its own already).
 async fn insert(db: Db<'_>, stream: &str, events: Vec<NewEvent>) -> Result<Vec<EventId>, Error> {
     check_name("stream", stream)?;
     if events.is_empty() {
@@ -170,7 +172,17 @@ async fn insert(db: Db<'_>, stream: &str, events: Vec<NewEvent>) -> Result<Vec<E
     for (i, e) in events.iter().enumerate() {
         e.check_extras(i)?;
     }
+    #[cfg(feature = "otel")]
+    let context = crate::trace_context::current();
     for e in events {
+        #[cfg(feature = "otel")]
+        let e = {
+            let mut e = e;
+            if let Some(context) = &context {
+                context.inject(&mut e.metadata);
+            }
+            e
+        };
         metadata.push(serde_json::to_string(&e.metadata).expect("a string map always serializes"));
         subjects.push(e.subject);
         payloads.push(e.payload);

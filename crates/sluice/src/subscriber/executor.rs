@@ -69,6 +69,8 @@ where
             attempt = task.attempt,
             outcome = tracing::field::Empty,
         );
+        #[cfg(feature = "otel")]
+        crate::trace_context::adopt(&span, &metadata);
         self.handle(task, metadata).instrument(span).await
     }
 
