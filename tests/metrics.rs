@@ -217,3 +217,19 @@ async fn a_recorder_counts_every_outcome_of_a_subscribers_tasks() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_xmin_horizon_age_follows_the_oldest_open_transaction() {
+    let db = TestDb::new().await;
+    let age = || async { m::xmin_horizon_age(&db.pool).await.unwrap() };
+    // A transaction with an id, left open as an idle client would.
+    let mut open = db.direct.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()").execute(&mut *open).await.unwrap();
+    wait_until(WAIT, "the open transaction to hold the horizon for a second", || async {
+        age().await.is_some_and(|a| a >= Duration::from_secs(1))
+    })
+    .await;
+    open.commit().await.unwrap();
+    wait_until(WAIT, "the horizon to be released", || async { age().await.is_none_or(|a| a < Duration::from_secs(1)) })
+        .await;
+}
