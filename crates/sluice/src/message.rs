@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use crate::admin::duration_ms;
 use crate::error::{InvalidInput, TaskError};
 use crate::ids::{EventId, Priority, TaskState, WorkerId};
-use crate::metrics::{Metrics, Settled};
+use crate::metrics::{Metrics, Requeue, Settled};
 use crate::pooler::{on_db, Db};
 use crate::publish::check_time;
 use crate::sql;
@@ -155,7 +155,7 @@ impl<T> Message<T> {
 
     /// Nacks the task now: discard it, or requeue it at the start or the end
     /// of the queue (a requeue counts as an attempt).
-    #[tracing::instrument(name = "sluice.nack", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt, requeue = nack.action.requeue()))]
+    #[tracing::instrument(name = "sluice.nack", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt, requeue = nack.action.requeue().as_str()))]
     pub async fn nack(&self, nack: Nack) -> Result<TaskState, TaskError> {
         self.check_unsettled()?;
         let state = self.task.nack_counted(&self.shared.pool, nack, Some(&self.shared.metrics)).await?;
@@ -164,7 +164,7 @@ impl<T> Message<T> {
     }
 
     /// [`Message::nack`] inside the caller's transaction.
-    #[tracing::instrument(name = "sluice.nack_tx", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt, requeue = nack.action.requeue()))]
+    #[tracing::instrument(name = "sluice.nack_tx", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt, requeue = nack.action.requeue().as_str()))]
     pub async fn nack_tx<'c>(&self, tx: impl Into<Db<'c>>, nack: Nack) -> Result<TaskState, TaskError> {
         self.check_unsettled()?;
         let state = self.task.nack_counted(tx, nack, Some(&self.shared.metrics)).await?;
@@ -268,7 +268,7 @@ impl TaskRef {
 
     /// Discards or requeues the task; returns its new state (a requeue on the
     /// last attempt discards).
-    #[tracing::instrument(name = "sluice.nack", skip_all, fields(consumer = %self.consumer, event_id = self.event_id.0, attempt = self.attempt, requeue = nack.action.requeue()))]
+    #[tracing::instrument(name = "sluice.nack", skip_all, fields(consumer = %self.consumer, event_id = self.event_id.0, attempt = self.attempt, requeue = nack.action.requeue().as_str()))]
     pub async fn nack<'c>(&self, db: impl Into<Db<'c>>, nack: Nack) -> Result<TaskState, TaskError> {
         self.nack_counted(db, nack, None).await
     }
@@ -387,12 +387,11 @@ impl NackAction {
         }
     }
 
-    /// The `requeue` label of `sluice_tasks_nacked_total`.
-    fn requeue(self) -> &'static str {
+    fn requeue(self) -> Requeue {
         match self {
-            NackAction::Discard => "none",
-            NackAction::RequeueStart => "start",
-            NackAction::RequeueEnd => "end",
+            NackAction::Discard => Requeue::None,
+            NackAction::RequeueStart => Requeue::Start,
+            NackAction::RequeueEnd => Requeue::End,
         }
     }
 }

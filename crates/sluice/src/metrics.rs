@@ -126,12 +126,31 @@ pub(crate) enum Settled {
     Acked,
     /// Refused by fencing.
     AckRefused,
-    /// `requeue` is `start`, `end` or `none`; `discarded` when the task is now a dead letter.
+    /// `discarded` when the task is now a dead letter.
     Nacked {
-        requeue: &'static str,
+        requeue: Requeue,
         discarded: bool,
     },
     Deferred,
+}
+
+/// The `requeue` label of [`TASKS_NACKED`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Requeue {
+    Start,
+    End,
+    /// A discard.
+    None,
+}
+
+impl Requeue {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Requeue::Start => "start",
+            Requeue::End => "end",
+            Requeue::None => "none",
+        }
+    }
 }
 
 /// One subscription's metric handles, registered once by `sub()`.
@@ -158,9 +177,9 @@ pub(crate) struct Metrics {
 impl Metrics {
     pub(crate) fn new(stream: &str, consumer: &str) -> Self {
         let labels = [("stream", stream.to_string()), ("consumer", consumer.to_string())];
-        let nacked = |requeue: &'static str| {
+        let nacked = |requeue: Requeue| {
             let mut labels = labels.to_vec();
-            labels.push(("requeue", requeue.to_string()));
+            labels.push(("requeue", requeue.as_str().to_string()));
             counter!(TASKS_NACKED, &labels)
         };
         let handled = |outcome: Outcome| {
@@ -171,9 +190,9 @@ impl Metrics {
         Metrics {
             claimed: counter!(TASKS_CLAIMED, &labels),
             acked: counter!(TASKS_ACKED, &labels),
-            nacked_start: nacked("start"),
-            nacked_end: nacked("end"),
-            nacked_none: nacked("none"),
+            nacked_start: nacked(Requeue::Start),
+            nacked_end: nacked(Requeue::End),
+            nacked_none: nacked(Requeue::None),
             deferred: counter!(TASKS_DEFERRED, &labels),
             failed: counter!(TASKS_FAILED, &labels),
             dead_lettered: counter!(TASKS_DEAD_LETTERED, &labels),
@@ -205,9 +224,9 @@ impl Metrics {
             Settled::AckRefused => self.acks_refused.increment(1),
             Settled::Nacked { requeue, discarded } => {
                 match requeue {
-                    "start" => self.nacked_start.increment(1),
-                    "end" => self.nacked_end.increment(1),
-                    _ => self.nacked_none.increment(1),
+                    Requeue::Start => self.nacked_start.increment(1),
+                    Requeue::End => self.nacked_end.increment(1),
+                    Requeue::None => self.nacked_none.increment(1),
                 }
                 if discarded {
                     self.dead_lettered.increment(1);
@@ -233,7 +252,7 @@ pub(crate) fn settled_outside(stream: &str, consumer: &str, settled: Settled) {
         Settled::AckRefused => counter!(ACKS_REFUSED, &labels).increment(1),
         Settled::Nacked { requeue, discarded } => {
             let mut with_requeue = labels.to_vec();
-            with_requeue.push(("requeue", requeue.to_string()));
+            with_requeue.push(("requeue", requeue.as_str().to_string()));
             counter!(TASKS_NACKED, &with_requeue).increment(1);
             if discarded {
                 counter!(TASKS_DEAD_LETTERED, &labels).increment(1);

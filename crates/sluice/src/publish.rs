@@ -154,7 +154,7 @@ where
     insert(db.into(), stream, events).await
 }
 
-/// The publish itself, in the caller's span: with the `otel` feature, each
+/// The publish itself, in the span of `publish` or `publish_batch`: with the `otel` feature, each
 /// event's metadata carries that span's trace context (unless it has a
 /// `traceparent` of its own already).
 async fn insert(db: Db<'_>, stream: &str, events: Vec<NewEvent>) -> Result<Vec<EventId>, Error> {
