@@ -27,6 +27,11 @@
 //! # handle.shutdown(std::time::Duration::from_secs(10)).await;
 //! # Ok(()) }
 //! ```
+//!
+//! Sluice records [`metrics`] through the `metrics` facade and emits `tracing`
+//! spans; it installs neither a recorder nor a subscriber. With the `otel`
+//! feature, a publish carries its span's W3C trace context in the event's
+//! metadata and the handler's span continues that trace (docs/OBSERVABILITY.md).
 #![warn(missing_docs)]
 
 mod admin;
