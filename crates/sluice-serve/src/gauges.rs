@@ -66,7 +66,7 @@ pub async fn collect(pool: &PgPool) -> Result<(), sluice::Error> {
         }
     }
     let horizon = stats.database.xmin_holder.as_ref().and_then(|h| h.age_seconds).unwrap_or(0.0);
-    gauge!("sluice_xmin_horizon_age_seconds").set(horizon.max(0.0));
+    gauge!(sluice::metrics::XMIN_HORIZON_AGE).set(horizon.max(0.0));
     for (table, dead) in &stats.database.dead_rows {
         gauge!(DEAD_ROWS, "table" => table.clone()).set(*dead as f64);
     }

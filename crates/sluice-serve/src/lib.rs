@@ -45,14 +45,16 @@ pub const BUCKETS: &[f64] =
 pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Installs a Prometheus recorder as the process's global `metrics`
-/// recorder, with [`BUCKETS`] for the duration histograms. Gauges not set
+/// recorder, with [`BUCKETS`] for Sluice's histograms
+/// (`sluice::metrics::HISTOGRAMS`). Gauges not set
 /// for five minutes are dropped, so a deleted consumer's series go away.
 /// Fails if the process already has a recorder.
 pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".to_string()), BUCKETS)?
-        .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(300)))
-        .install_recorder()
+    let mut builder = PrometheusBuilder::new();
+    for name in sluice::metrics::HISTOGRAMS {
+        builder = builder.set_buckets_for_metric(Matcher::Full(name.to_string()), BUCKETS)?;
+    }
+    builder.idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(300))).install_recorder()
 }
 
 /// What the routes need: the database and the recorder's handle.

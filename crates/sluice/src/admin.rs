@@ -81,6 +81,7 @@ pub(crate) fn ms_to_duration(ms: i64) -> Duration {
 /// Creates a stream. Creating one that exists with the same settings returns
 /// it; with other settings it is [`Error::StreamConflict`], naming each
 /// difference, and the stored stream is left as it was.
+#[tracing::instrument(name = "sluice.create_stream", skip_all, fields(stream = %name))]
 pub async fn create_stream(pool: &PgPool, name: &str, options: StreamOptions) -> Result<Stream, Error> {
     check_name("stream", name)?;
     let retention_ms = check_event_retention(&options)?;
@@ -103,6 +104,7 @@ pub async fn create_stream(pool: &PgPool, name: &str, options: StreamOptions) ->
 /// Changes a stream's settings (its event retention). Nothing stored is
 /// lost by the change: retention only ever removes events every consumer
 /// has materialized and no pending task needs.
+#[tracing::instrument(name = "sluice.update_stream", skip_all, fields(stream = %name))]
 pub async fn update_stream(pool: &PgPool, name: &str, options: StreamOptions) -> Result<Stream, Error> {
     check_name("stream", name)?;
     let retention_ms = check_event_retention(&options)?;
@@ -138,6 +140,7 @@ pub async fn list_streams(pool: &PgPool) -> Result<Vec<Stream>, Error> {
 }
 
 /// Deletes a stream with its events, consumers and tasks.
+#[tracing::instrument(name = "sluice.delete_stream", skip_all, fields(stream = %name))]
 pub async fn delete_stream(pool: &PgPool, name: &str) -> Result<(), Error> {
     check_name("stream", name)?;
     let deleted: Option<i32> =
@@ -398,6 +401,7 @@ impl From<ConsumerRow> for Consumer {
 /// create_consumer(&pool, "orders", "billing", ConsumerOptions::default().include(["orders.*.created"])).await?;
 /// # Ok(()) }
 /// ```
+#[tracing::instrument(name = "sluice.create_consumer", skip_all, fields(stream = %stream, consumer = %name))]
 pub async fn create_consumer(
     pool: &PgPool,
     stream: &str,
@@ -458,6 +462,7 @@ pub async fn create_consumer(
 /// sluice::update_consumer(&pool, "orders", "billing", options).await?;
 /// # Ok(()) }
 /// ```
+#[tracing::instrument(name = "sluice.update_consumer", skip_all, fields(stream = %stream, consumer = %name))]
 pub async fn update_consumer(
     pool: &PgPool,
     stream: &str,
@@ -557,6 +562,7 @@ pub async fn list_consumers(pool: &PgPool, stream: Option<&str>) -> Result<Vec<C
 /// sluice::resume_consumer(&pool, "orders", "billing").await?;
 /// # Ok(()) }
 /// ```
+#[tracing::instrument(name = "sluice.pause_consumer", skip_all, fields(stream = %stream, consumer = %name))]
 pub async fn pause_consumer(pool: &PgPool, stream: &str, name: &str) -> Result<Consumer, Error> {
     set_paused(pool, stream, name, true).await
 }
@@ -564,6 +570,7 @@ pub async fn pause_consumer(pool: &PgPool, stream: &str, name: &str) -> Result<C
 /// Resumes a paused consumer: its subscribers claim again at once (those
 /// that listen for notifications are woken; the others at their next poll).
 /// Resuming a consumer that is not paused changes nothing.
+#[tracing::instrument(name = "sluice.resume_consumer", skip_all, fields(stream = %stream, consumer = %name))]
 pub async fn resume_consumer(pool: &PgPool, stream: &str, name: &str) -> Result<Consumer, Error> {
     set_paused(pool, stream, name, false).await
 }
@@ -583,6 +590,7 @@ async fn set_paused(pool: &PgPool, stream: &str, name: &str, paused: bool) -> Re
 }
 
 /// Deletes a consumer with its tasks.
+#[tracing::instrument(name = "sluice.delete_consumer", skip_all, fields(stream = %stream, consumer = %name))]
 pub async fn delete_consumer(pool: &PgPool, stream: &str, name: &str) -> Result<(), Error> {
     check_name("stream", stream)?;
     check_name("consumer", name)?;
@@ -632,6 +640,7 @@ pub enum Replay {
 /// reset_position(&pool, "orders", "billing", Replay::At(chrono::Utc::now() - chrono::Duration::hours(1))).await?;
 /// # Ok(()) }
 /// ```
+#[tracing::instrument(name = "sluice.reset_position", skip_all, fields(stream = %stream, consumer = %consumer))]
 pub async fn reset_position(pool: &PgPool, stream: &str, consumer: &str, to: Replay) -> Result<(), Error> {
     check_name("stream", stream)?;
     check_name("consumer", consumer)?;

@@ -87,20 +87,13 @@ pub async fn cleanup(pool: &PgPool, dry_run: bool) -> Result<CleanupReport, Erro
     for (id, stream, consumer) in consumers {
         let mut done = Cleanup { stream, consumer, ..Cleanup::default() };
         loop {
-            type Row = (i64, i64, i64, i64, i64, i64, bool, Option<i64>);
-            let (promoted, expired, forgotten, purged, log_purged, _woken, more, _next): Row = on_pool!(
-                pool,
-                sqlx::query_as(sql::MAINTAIN).bind(id).bind(crate::subscriber::MAINTENANCE_BATCH),
-                fetch_one
-            )
-            .await
-            .map_err(Error::db)?;
-            done.due += promoted;
-            done.lost += expired;
-            done.dead_workers += forgotten;
-            done.expired_tasks += purged;
-            done.expired_log += log_purged;
-            if !more {
+            let run = crate::subscriber::housekeep(pool, id).await.map_err(Error::db)?;
+            done.due += run.promoted;
+            done.lost += run.expired;
+            done.dead_workers += run.forgotten;
+            done.expired_tasks += run.purged;
+            done.expired_log += run.log_purged;
+            if !run.more {
                 break;
             }
         }

@@ -27,6 +27,11 @@
 //! # handle.shutdown(std::time::Duration::from_secs(10)).await;
 //! # Ok(()) }
 //! ```
+//!
+//! Sluice records [`metrics`] through the `metrics` facade and emits `tracing`
+//! spans; it installs neither a recorder nor a subscriber. With the `otel`
+//! feature, a publish carries its span's W3C trace context in the event's
+//! metadata and the handler's span continues that trace (docs/OBSERVABILITY.md).
 #![warn(missing_docs)]
 
 mod admin;
@@ -34,6 +39,7 @@ mod cleanup;
 mod error;
 mod ids;
 mod message;
+pub mod metrics;
 mod migrate;
 mod pooler;
 mod publish;
@@ -42,6 +48,8 @@ mod stats;
 mod subject;
 mod subscriber;
 mod tasks;
+#[cfg(feature = "otel")]
+mod trace_context;
 mod workers;
 
 pub use admin::{

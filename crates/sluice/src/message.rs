@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use crate::admin::duration_ms;
 use crate::error::{InvalidInput, TaskError};
 use crate::ids::{EventId, Priority, TaskState, WorkerId};
+use crate::metrics::{Metrics, Requeue, Settled};
 use crate::pooler::{on_db, Db};
 use crate::publish::check_time;
 use crate::sql;
@@ -123,9 +124,10 @@ impl<T> Message<T> {
 
     /// Acks the task now, on the subscriber's pool. Fails with
     /// [`TaskError::LeaseLost`] when this attempt no longer holds the task.
+    #[tracing::instrument(name = "sluice.ack", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt))]
     pub async fn ack(&self) -> Result<(), TaskError> {
         self.check_unsettled()?;
-        self.task.ack(&self.shared.pool).await?;
+        self.task.ack_counted(&self.shared.pool, Some(&self.shared.metrics)).await?;
         self.settled.store(ACKED, Ordering::Release);
         Ok(())
     }
@@ -143,26 +145,29 @@ impl<T> Message<T> {
     /// tx.commit().await?;
     /// # Ok(()) }
     /// ```
+    #[tracing::instrument(name = "sluice.ack_tx", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt))]
     pub async fn ack_tx<'c>(&self, tx: impl Into<Db<'c>>) -> Result<(), TaskError> {
         self.check_unsettled()?;
-        self.task.ack(tx).await?;
+        self.task.ack_counted(tx, Some(&self.shared.metrics)).await?;
         self.settled.store(SETTLED_IN_TX, Ordering::Release);
         Ok(())
     }
 
     /// Nacks the task now: discard it, or requeue it at the start or the end
     /// of the queue (a requeue counts as an attempt).
+    #[tracing::instrument(name = "sluice.nack", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt, requeue = nack.action.requeue().as_str()))]
     pub async fn nack(&self, nack: Nack) -> Result<TaskState, TaskError> {
         self.check_unsettled()?;
-        let state = self.task.nack(&self.shared.pool, nack).await?;
+        let state = self.task.nack_counted(&self.shared.pool, nack, Some(&self.shared.metrics)).await?;
         self.settled.store(ACKED, Ordering::Release);
         Ok(state)
     }
 
     /// [`Message::nack`] inside the caller's transaction.
+    #[tracing::instrument(name = "sluice.nack_tx", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt, requeue = nack.action.requeue().as_str()))]
     pub async fn nack_tx<'c>(&self, tx: impl Into<Db<'c>>, nack: Nack) -> Result<TaskState, TaskError> {
         self.check_unsettled()?;
-        let state = self.task.nack(tx, nack).await?;
+        let state = self.task.nack_counted(tx, nack, Some(&self.shared.metrics)).await?;
         self.settled.store(SETTLED_IN_TX, Ordering::Release);
         Ok(state)
     }
@@ -174,18 +179,20 @@ impl<T> Message<T> {
     /// delivery is a new attempt all the same (so a growing delay can be built
     /// on [`Message::attempt`]), and a later failure is judged against
     /// `max_attempts` with those attempts counted.
+    #[tracing::instrument(name = "sluice.defer", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt))]
     pub async fn defer(&self, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
         self.check_unsettled()?;
-        let (due, wait_ms) = self.task.defer_at(&self.shared.pool, defer).await?;
+        let (due, wait_ms) = self.task.defer_at(&self.shared.pool, defer, Some(&self.shared.metrics)).await?;
         self.shared.scheduled_in(wait_ms);
         self.settled.store(ACKED, Ordering::Release);
         Ok(due)
     }
 
     /// [`Message::defer`] inside the caller's transaction.
+    #[tracing::instrument(name = "sluice.defer_tx", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt))]
     pub async fn defer_tx<'c>(&self, tx: impl Into<Db<'c>>, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
         self.check_unsettled()?;
-        let (due, wait_ms) = self.task.defer_at(tx, defer).await?;
+        let (due, wait_ms) = self.task.defer_at(tx, defer, Some(&self.shared.metrics)).await?;
         self.shared.scheduled_in(wait_ms);
         self.settled.store(SETTLED_IN_TX, Ordering::Release);
         Ok(due)
@@ -230,21 +237,52 @@ impl TaskRef {
         TaskError::LeaseLost { consumer: self.consumer.clone(), event_id: self.event_id, attempt: self.attempt }
     }
 
+    /// Counts a settlement: on the subscriber's handles, or on handles of
+    /// its own when the task is settled from elsewhere.
+    fn count(&self, metrics: Option<&Metrics>, settled: Settled) {
+        match metrics {
+            Some(metrics) => metrics.settled(settled),
+            None => crate::metrics::settled_outside(&self.stream, &self.consumer, settled),
+        }
+    }
+
     /// Completes the task (deleted, or kept as completed per the consumer's retention).
+    #[tracing::instrument(name = "sluice.ack", skip_all, fields(consumer = %self.consumer, event_id = self.event_id.0, attempt = self.attempt))]
     pub async fn ack<'c>(&self, db: impl Into<Db<'c>>) -> Result<(), TaskError> {
+        self.ack_counted(db, None).await
+    }
+
+    pub(crate) async fn ack_counted<'c>(
+        &self,
+        db: impl Into<Db<'c>>,
+        metrics: Option<&Metrics>,
+    ) -> Result<(), TaskError> {
         let done = ack_tasks(db, self.consumer_id, &[self.event_id.0], &[self.lease_token]).await?;
         if done.is_empty() {
+            self.count(metrics, Settled::AckRefused);
             return Err(self.lost());
         }
+        self.count(metrics, Settled::Acked);
         Ok(())
     }
 
     /// Discards or requeues the task; returns its new state (a requeue on the
     /// last attempt discards).
+    #[tracing::instrument(name = "sluice.nack", skip_all, fields(consumer = %self.consumer, event_id = self.event_id.0, attempt = self.attempt, requeue = nack.action.requeue().as_str()))]
     pub async fn nack<'c>(&self, db: impl Into<Db<'c>>, nack: Nack) -> Result<TaskState, TaskError> {
+        self.nack_counted(db, nack, None).await
+    }
+
+    pub(crate) async fn nack_counted<'c>(
+        &self,
+        db: impl Into<Db<'c>>,
+        nack: Nack,
+        metrics: Option<&Metrics>,
+    ) -> Result<TaskState, TaskError> {
         if let Some(reason) = &nack.reason {
             check_text("reason", reason)?;
         }
+        let requeue = nack.action.requeue();
         let query = sqlx::query_scalar(sql::NACK)
             .bind(self.consumer_id)
             .bind(self.event_id.0)
@@ -253,13 +291,15 @@ impl TaskRef {
             .bind(nack.action.as_str())
             .bind(nack.reason);
         let state: Option<String> = on_db!(db.into(), query, fetch_optional).await?;
-        let state = state.ok_or_else(|| self.lost())?;
-        Ok(TaskState::from_db(&state))
+        let state = TaskState::from_db(&state.ok_or_else(|| self.lost())?);
+        self.count(metrics, Settled::Nacked { requeue, discarded: state == TaskState::Discarded });
+        Ok(state)
     }
 
     /// Defers the task; returns the time it is due.
+    #[tracing::instrument(name = "sluice.defer", skip_all, fields(consumer = %self.consumer, event_id = self.event_id.0, attempt = self.attempt))]
     pub async fn defer<'c>(&self, db: impl Into<Db<'c>>, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
-        Ok(self.defer_at(db, defer).await?.0)
+        Ok(self.defer_at(db, defer, None).await?.0)
     }
 
     /// Defers the task; returns the time it is due and the wait until then
@@ -268,6 +308,7 @@ impl TaskRef {
         &self,
         db: impl Into<Db<'c>>,
         defer: Defer,
+        metrics: Option<&Metrics>,
     ) -> Result<(DateTime<Utc>, i64), TaskError> {
         if let Some(reason) = &defer.reason {
             check_text("reason", reason)?;
@@ -296,7 +337,9 @@ impl TaskRef {
             .bind(defer.priority.map(|p| i16::from(p.get())))
             .bind(defer.reason);
         let due: Option<(DateTime<Utc>, i64)> = on_db!(db.into(), query, fetch_optional).await?;
-        due.ok_or_else(|| self.lost())
+        let due = due.ok_or_else(|| self.lost())?;
+        self.count(metrics, Settled::Deferred);
+        Ok(due)
     }
 }
 
@@ -341,6 +384,14 @@ impl NackAction {
             NackAction::Discard => "discard",
             NackAction::RequeueStart => "start",
             NackAction::RequeueEnd => "end",
+        }
+    }
+
+    fn requeue(self) -> Requeue {
+        match self {
+            NackAction::Discard => Requeue::None,
+            NackAction::RequeueStart => Requeue::Start,
+            NackAction::RequeueEnd => Requeue::End,
         }
     }
 }

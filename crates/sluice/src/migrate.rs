@@ -94,6 +94,7 @@ pub enum Steps {
 /// sluice::migrate(&pool).await?;
 /// # Ok(()) }
 /// ```
+#[tracing::instrument(name = "sluice.migrate", skip_all)]
 pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>, MigrateError> {
     let mut conn = pool.acquire().await?;
     lock(&mut conn).await?;
@@ -103,6 +104,7 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>, MigrateError> {
 
 /// Reverts the latest applied migration, or all of them. Returns the versions
 /// reverted, newest first. After [`Steps::All`] the schema `sluice` is gone.
+#[tracing::instrument(name = "sluice.migrate_down", skip_all, fields(steps = ?steps))]
 pub async fn migrate_down(pool: &PgPool, steps: Steps) -> Result<Vec<i64>, MigrateError> {
     let mut conn = pool.acquire().await?;
     lock(&mut conn).await?;

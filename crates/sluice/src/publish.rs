@@ -136,19 +136,29 @@ impl NewEvent {
 /// let id = sluice::publish(&pool, "orders", event).await?;
 /// # Ok(()) }
 /// ```
+#[tracing::instrument(name = "sluice.publish", skip_all, fields(stream = %stream, subject = %event.subject))]
 pub async fn publish<'c>(db: impl Into<Db<'c>>, stream: &str, event: NewEvent) -> Result<EventId, Error> {
-    let ids = publish_batch(db, stream, [event]).await?;
+    let ids = insert(db.into(), stream, vec![event]).await?;
     Ok(ids[0])
 }
 
 /// Publishes a batch of events to `stream` in one statement and returns their
 /// ids in the order given.
+#[tracing::instrument(name = "sluice.publish_batch", skip_all, fields(stream = %stream, events = tracing::field::Empty))]
 pub async fn publish_batch<'c, I>(db: impl Into<Db<'c>>, stream: &str, events: I) -> Result<Vec<EventId>, Error>
 where
     I: IntoIterator<Item = NewEvent>,
 {
-    check_name("stream", stream)?;
     let events: Vec<NewEvent> = events.into_iter().collect();
+    tracing::Span::current().record("events", events.len());
+    insert(db.into(), stream, events).await
+}
+
+/// The publish itself, in the span of `publish` or `publish_batch`: with the `otel` feature, each
+/// event's metadata carries that span's trace context (unless it has a
+/// `traceparent` of its own already).
+async fn insert(db: Db<'_>, stream: &str, events: Vec<NewEvent>) -> Result<Vec<EventId>, Error> {
+    check_name("stream", stream)?;
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -162,7 +172,17 @@ where
     for (i, e) in events.iter().enumerate() {
         e.check_extras(i)?;
     }
+    #[cfg(feature = "otel")]
+    let context = crate::trace_context::current();
     for e in events {
+        #[cfg(feature = "otel")]
+        let e = {
+            let mut e = e;
+            if let Some(context) = &context {
+                context.inject(&mut e.metadata);
+            }
+            e
+        };
         metadata.push(serde_json::to_string(&e.metadata).expect("a string map always serializes"));
         subjects.push(e.subject);
         payloads.push(e.payload);
@@ -179,10 +199,12 @@ where
         .bind(priorities)
         .bind(deliver_at)
         .bind(carries_notification(stream));
-    let row: Option<(i32, Option<Vec<i64>>, i64)> =
-        on_db!(db.into(), publish, fetch_optional).await.map_err(Error::db)?;
+    let row: Option<(i32, Option<Vec<i64>>, i64)> = on_db!(db, publish, fetch_optional).await.map_err(Error::db)?;
     match row {
-        Some((_, Some(ids), _)) => Ok(ids.into_iter().map(EventId).collect()),
+        Some((_, Some(ids), _)) => {
+            crate::metrics::published(stream, ids.len());
+            Ok(ids.into_iter().map(EventId).collect())
+        }
         _ => Err(Error::StreamNotFound { stream: stream.to_string() }),
     }
 }

@@ -116,6 +116,8 @@ woken AS (
 )
 SELECT (SELECT count(*) FROM promoted) AS promoted,
        (SELECT count(*) FROM expired) AS expired,
+       -- Of those, the ones on their last attempt: dead letters, not rescued.
+       (SELECT count(*) FROM expired WHERE state = 'discarded') AS expired_discarded,
        (SELECT count(*) FROM forgotten) AS forgotten,
        (SELECT count(*) FROM purged) AS purged,
        (SELECT count(*) FROM log_purged) AS log_purged,

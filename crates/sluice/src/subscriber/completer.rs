@@ -87,6 +87,7 @@ async fn run(
 }
 
 /// Writes one batch of acks; returns (acked, given up).
+#[tracing::instrument(name = "sluice.flush", level = "debug", skip_all, fields(tasks = batch.len()))]
 async fn flush(shared: &Shared, batch: &[Key]) -> (usize, usize) {
     let events: Vec<i64> = batch.iter().map(|k| k.0).collect();
     let tokens: Vec<i64> = batch.iter().map(|k| k.1).collect();
@@ -99,6 +100,8 @@ async fn flush(shared: &Shared, batch: &[Key]) -> (usize, usize) {
         match result {
             Ok(acked) => {
                 let lost = batch.len() - acked.len();
+                shared.metrics.acked.increment(acked.len() as u64);
+                shared.metrics.acks_refused.increment(lost as u64);
                 tracing::trace!(acked = acked.len(), ms = started.elapsed().as_secs_f64() * 1e3, "flushed acks");
                 if lost > 0 {
                     warn!(lost, "some acks came after their leases were lost; those tasks run again");

@@ -3,6 +3,7 @@
 //! the task is settled: an implicit ack goes to the completer, a failure is
 //! recorded at once (retry after the backoff, or discard).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use super::completer::Acks;
 use super::fetcher::ClaimedTask;
@@ -20,6 +21,7 @@ use super::registry::Key;
 use super::{is_transient, panic_message, timed, ErrorBackoff, Shared};
 use crate::ids::{EventId, Priority, WorkerId};
 use crate::message::{HandlerError, Message, TaskRef, ACKED, UNSETTLED};
+use crate::metrics::Outcome;
 use crate::pooler::on_pool;
 use crate::sql;
 
@@ -56,8 +58,23 @@ where
         Executor { shared, handler, acks, timeout, _payload: PhantomData }
     }
 
-    /// Runs the task's handler and settles the task.
+    /// Runs the task's handler and settles the task, in the task's span.
     pub(crate) async fn run(self, task: ClaimedTask) {
+        let metadata: BTreeMap<String, String> = serde_json::from_str(&task.metadata).unwrap_or_default();
+        let span = tracing::info_span!(
+            "sluice.handle",
+            stream = %self.shared.stream,
+            consumer = %self.shared.consumer,
+            event_id = task.event_id,
+            attempt = task.attempt,
+            outcome = tracing::field::Empty,
+        );
+        #[cfg(feature = "otel")]
+        crate::trace_context::adopt(&span, &metadata);
+        self.handle(task, metadata).instrument(span).await
+    }
+
+    async fn handle(self, task: ClaimedTask, metadata: BTreeMap<String, String>) {
         let shared = &self.shared;
         let key = task.key();
         shared.registry.start(key);
@@ -88,18 +105,34 @@ where
             },
             subject: task.subject,
             payload,
-            metadata: serde_json::from_str(&task.metadata).unwrap_or_default(),
+            metadata,
             key: task.key,
             created_at: task.created_at,
             priority: Priority::from_db(task.priority),
             shared: shared.clone(),
             settled: settled.clone(),
         };
+        if attempt == 1 {
+            let waited = (chrono::Utc::now() - task.created_at).to_std().unwrap_or_default();
+            shared.metrics.wait.record(waited.as_secs_f64());
+        }
+        let in_flight = shared.metrics.in_flight();
+        let started = std::time::Instant::now();
         let handled = AssertUnwindSafe((self.handler)(msg)).catch_unwind();
         let outcome = match self.timeout {
             Some(limit) => tokio::time::timeout(limit, handled).await.map_err(|_| limit),
             None => Ok(handled.await),
         };
+        let took = started.elapsed();
+        drop(in_flight);
+        let how_it_ended = match &outcome {
+            Ok(Ok(Ok(()))) => Outcome::Ok,
+            Ok(Ok(Err(_))) => Outcome::Error,
+            Ok(Err(_)) => Outcome::Panic,
+            Err(_) => Outcome::Timeout,
+        };
+        shared.metrics.handled(how_it_ended, took);
+        tracing::Span::current().record("outcome", how_it_ended.as_str());
         let how = settled.load(Ordering::Acquire);
         let failure = match outcome {
             Ok(Ok(Ok(()))) if how == UNSETTLED => {
@@ -137,6 +170,7 @@ where
 /// comes back when its lease ends, as if the worker had died.
 pub(crate) async fn fail(shared: &Shared, key: Key, attempt: i32, error: &str, retry: bool) {
     let (event_id, lease_token) = key;
+    shared.metrics.failed.increment(1);
     // A handler's message may hold anything; Postgres text cannot hold NUL.
     let error = error.replace('\0', "\u{FFFD}");
     let delay = shared.retry_delay(attempt).min(crate::admin::MAX_DURATION);
@@ -161,6 +195,9 @@ pub(crate) async fn fail(shared: &Shared, key: Key, attempt: i32, error: &str, r
         .await;
         match result {
             Ok(Some((state, due_in_ms))) => {
+                if state == "discarded" {
+                    shared.metrics.dead_lettered.increment(1);
+                }
                 if let Some(wait) = due_in_ms {
                     shared.scheduled_in(wait);
                 }

@@ -76,6 +76,12 @@ pub(crate) struct Ask {
     pub(crate) refill: bool,
 }
 
+#[tracing::instrument(
+    name = "sluice.fetch",
+    level = "debug",
+    skip_all,
+    fields(asked = ask.tasks, refill = ask.refill, claimed = tracing::field::Empty)
+)]
 pub(crate) async fn fetch(shared: &Shared, ask: Ask) -> Result<Fetched, FetchError> {
     let started = std::time::Instant::now();
     let rows: Result<Vec<FetchRow>, sqlx::Error> = timed(
@@ -95,6 +101,7 @@ pub(crate) async fn fetch(shared: &Shared, ask: Ask) -> Result<Fetched, FetchErr
         ),
     )
     .await;
+    shared.metrics.fetch.record(started.elapsed().as_secs_f64());
     let rows = match rows {
         Ok(rows) => rows,
         // lock_not_available: the refill waited its lock_timeout for the
@@ -148,6 +155,8 @@ pub(crate) async fn fetch(shared: &Shared, ask: Ask) -> Result<Fetched, FetchErr
         materialized: materialized.unwrap_or(0).max(0) as usize,
         tasks: tasks.into_iter().map(|(_, t)| t).collect(),
     };
+    shared.metrics.claimed.increment(fetched.tasks.len() as u64);
+    tracing::Span::current().record("claimed", fetched.tasks.len());
     tracing::trace!(
         asked = ask.tasks,
         claimed = fetched.tasks.len(),

@@ -26,14 +26,30 @@ pub(crate) struct Maintained {
     pub(crate) next_due: Option<Duration>,
 }
 
+/// What one run of maintain.sql did for a consumer.
+#[derive(sqlx::FromRow)]
+pub(crate) struct Housekept {
+    pub(crate) promoted: i64,
+    pub(crate) expired: i64,
+    /// Of the expired, the ones on their last attempt: dead letters.
+    pub(crate) expired_discarded: i64,
+    pub(crate) forgotten: i64,
+    pub(crate) purged: i64,
+    pub(crate) log_purged: i64,
+    pub(crate) more: bool,
+    pub(crate) next_due_ms: Option<i64>,
+}
+
+/// One run of maintain.sql for consumer `consumer_id` (also `sluice cleanup`'s).
+pub(crate) async fn housekeep(pool: &sqlx::PgPool, consumer_id: i32) -> Result<Housekept, sqlx::Error> {
+    on_pool!(pool, sqlx::query_as(sql::MAINTAIN).bind(consumer_id).bind(BATCH), fetch_one).await
+}
+
 pub(crate) async fn run_once(shared: &Shared) -> Result<Maintained, sqlx::Error> {
-    type Row = (i64, i64, i64, i64, i64, i64, bool, Option<i64>);
-    let (promoted, expired, forgotten, purged, log_purged, _woken, more, next_due_ms): Row = timed(
-        shared.db_timeout,
-        "housekeeping",
-        on_pool!(&shared.pool, sqlx::query_as(sql::MAINTAIN).bind(shared.consumer_id).bind(BATCH), fetch_one),
-    )
-    .await?;
+    let Housekept { promoted, expired, expired_discarded, forgotten, purged, log_purged, more, next_due_ms } =
+        timed(shared.db_timeout, "housekeeping", housekeep(&shared.pool, shared.consumer_id)).await?;
+    shared.metrics.rescued.increment((expired - expired_discarded) as u64);
+    shared.metrics.dead_lettered.increment(expired_discarded as u64);
     if expired > 0 || forgotten > 0 {
         info!(expired, forgotten, "freed tasks of lost leases and dead workers");
     }

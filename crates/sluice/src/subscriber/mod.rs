@@ -23,8 +23,7 @@ mod maintenance;
 mod notifier;
 mod pace;
 
-/// Rows one housekeeping run touches at most per step.
-pub(crate) const MAINTENANCE_BATCH: i64 = maintenance::BATCH;
+pub(crate) use maintenance::housekeep;
 mod rates;
 mod registry;
 mod subscription;
@@ -47,6 +46,7 @@ use crate::admin::{duration_ms, get_stream, ms_to_duration};
 use crate::error::Error;
 use crate::ids::WorkerId;
 use crate::message::{HandlerError, Message};
+use crate::metrics::Metrics;
 use crate::pooler::on_pool;
 use crate::sql;
 
@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     /// What this worker completed and failed, for its heartbeat.
     pub(crate) rates: rates::Rates,
+    /// This subscription's metric handles, registered once.
+    pub(crate) metrics: Metrics,
     pub(crate) stopping: AtomicBool,
     /// When the earliest task this worker scheduled (a retry, a deferral)
     /// falls due, so the driver wakes for it.
@@ -261,6 +263,30 @@ where
     F: Fn(Message<T>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
+    // The running subscriber's span, made here so that it is a sibling of
+    // the short `sluice.sub` span below rather than its child: it lives as
+    // long as the subscriber, under the caller's span.
+    let span = tracing::info_span!(
+        "sluice.subscriber",
+        stream = %subscription.stream,
+        consumer = %subscription.consumer,
+        worker = tracing::field::Empty
+    );
+    start(pool, subscription, handler, span).await
+}
+
+#[tracing::instrument(name = "sluice.sub", skip_all, fields(stream = %subscription.stream, consumer = %subscription.consumer))]
+async fn start<T, F, Fut>(
+    pool: &PgPool,
+    subscription: Subscription,
+    handler: F,
+    span: tracing::Span,
+) -> Result<SubscriberHandle, Error>
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(Message<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
     subscription.validate()?;
     let lookup: Option<ConsumerLookup> = on_pool!(
         pool,
@@ -295,6 +321,7 @@ where
         backoff: subscription.backoff.clone(),
         registry: Registry::default(),
         rates: rates::Rates::default(),
+        metrics: Metrics::new(&subscription.stream, &subscription.consumer),
         stopping: AtomicBool::new(false),
         due: Mutex::new(None),
         events: events.clone(),
@@ -304,7 +331,7 @@ where
     let stop = CancellationToken::new();
     let deadline = Arc::new(Mutex::new(Duration::ZERO));
     let failure = Arc::new(OnceLock::new());
-    let span = tracing::info_span!("sluice.subscriber", stream = %shared.stream, consumer = %shared.consumer, worker = %worker_id);
+    span.record("worker", tracing::field::display(worker_id));
     let driver =
         driver::Driver::new(shared, Arc::new(handler), subscription, stop.clone(), deadline.clone(), failure.clone());
     let driver = tokio::spawn(driver.run().instrument(span));
