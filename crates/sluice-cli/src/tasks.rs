@@ -2,7 +2,7 @@
 //! discard them by id or by filter.
 
 use anyhow::{bail, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -14,34 +14,16 @@ pub struct TasksArgs {
     command: TasksCommand,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum State {
-    Scheduled,
-    Available,
-    Running,
-    Completed,
-    Discarded,
-    Cancelled,
-}
-
-impl From<State> for sluice::TaskState {
-    fn from(s: State) -> Self {
-        match s {
-            State::Scheduled => sluice::TaskState::Scheduled,
-            State::Available => sluice::TaskState::Available,
-            State::Running => sluice::TaskState::Running,
-            State::Completed => sluice::TaskState::Completed,
-            State::Discarded => sluice::TaskState::Discarded,
-            State::Cancelled => sluice::TaskState::Cancelled,
-        }
-    }
+/// A task state as `--state` takes it: the names the library stores.
+fn parse_state(text: &str) -> Result<sluice::TaskState, String> {
+    text.parse().map_err(|_| "one of scheduled, available, running, completed, discarded, cancelled".to_string())
 }
 
 #[derive(Debug, Args)]
 struct Filter {
     /// Only tasks in this state; repeat for more.
-    #[arg(long, value_enum, value_name = "STATE")]
-    state: Vec<State>,
+    #[arg(long, value_name = "STATE", value_parser = parse_state)]
+    state: Vec<sluice::TaskState>,
     /// Only tasks whose subject matches this pattern (`*` one token, a final `>` the rest).
     #[arg(long, value_name = "PATTERN")]
     subject: Option<String>,
@@ -54,7 +36,7 @@ impl Filter {
     fn build(&self) -> Result<sluice::TaskFilter> {
         let mut f = sluice::TaskFilter::default();
         for s in &self.state {
-            f = f.state((*s).into());
+            f = f.state(*s);
         }
         if let Some(p) = &self.subject {
             f = f.subject(p);

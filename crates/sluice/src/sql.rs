@@ -30,11 +30,10 @@ macro_rules! on_filtered_tasks {
         concat!(include_str!("sql/task_filter.sql"), include_str!($file))
     };
 }
-pub(crate) const TASK_CANCEL: &str = on_filtered_tasks!("sql/task_cancel.sql");
 pub(crate) const TASK_COUNT: &str = on_filtered_tasks!("sql/task_count.sql");
-pub(crate) const TASK_DISCARD: &str = on_filtered_tasks!("sql/task_discard.sql");
 pub(crate) const TASK_LIST: &str = on_filtered_tasks!("sql/task_list.sql");
 pub(crate) const TASK_RETRY: &str = on_filtered_tasks!("sql/task_retry.sql");
+pub(crate) const TASK_SET_ASIDE: &str = on_filtered_tasks!("sql/task_set_aside.sql");
 pub(crate) const CLEANUP_PREVIEW: &str = include_str!("sql/cleanup_preview.sql");
 pub(crate) const CONSUMER_IDS: &str = include_str!("sql/consumer_ids.sql");
 pub(crate) const EVENT_PARTITIONS_DUE: &str = include_str!("sql/event_partitions_due.sql");

@@ -361,11 +361,13 @@ impl Action {
         }
     }
 
-    fn sql(self) -> &'static str {
+    /// Its statement, and the state it moves tasks to (`$9`) where the
+    /// statement serves two actions.
+    fn sql(self) -> (&'static str, &'static str) {
         match self {
-            Action::Retry => sql::TASK_RETRY,
-            Action::Cancel => sql::TASK_CANCEL,
-            Action::Discard => sql::TASK_DISCARD,
+            Action::Retry => (sql::TASK_RETRY, "available"),
+            Action::Cancel => (sql::TASK_SET_ASIDE, "cancelled"),
+            Action::Discard => (sql::TASK_SET_ASIDE, "discarded"),
         }
     }
 
@@ -454,12 +456,16 @@ async fn bulk(
         .into());
     }
     let consumer_id = consumer_id(pool, stream, consumer).await?;
+    let (statement, to_state) = action.sql();
     let mut steered = Steered::default();
     let mut after = 0_i64;
     loop {
         let ids: Vec<i64> = on_pool!(
             pool,
-            bind_filter!(sqlx::query_scalar(action.sql()), consumer_id, filter, after).bind(BULK_BATCH).bind(reason),
+            bind_filter!(sqlx::query_scalar(statement), consumer_id, filter, after)
+                .bind(BULK_BATCH)
+                .bind(reason)
+                .bind(to_state),
             fetch_all
         )
         .await

@@ -1,6 +1,7 @@
 -- Retries by hand up to $7 discarded or cancelled tasks the filter selects
 -- (task_filter.sql), in event id order: available again at the end of the
--- queue, attempts reset (their error history kept), logged with reason $8.
+-- queue (state $9, `available`), attempts reset (their error history
+-- kept), logged with reason $8.
 -- A task whose state changed meanwhile is left alone (the update re-checks
 -- it under its row lock). Returns the event ids retried.
 , target AS MATERIALIZED (
@@ -8,7 +9,7 @@
 ),
 retried AS (
     UPDATE sluice.tasks t
-    SET state = 'available', attempt = 0, finished_at = NULL, schedule_at = NULL,
+    SET state = $9::text::sluice.task_state, attempt = 0, finished_at = NULL, schedule_at = NULL,
         position = nextval('sluice.event_id')
     WHERE t.consumer_id = $1 AND t.event_id = ANY (ARRAY(SELECT event_id FROM target))
       AND t.state IN ('discarded', 'cancelled')
