@@ -60,6 +60,7 @@ struct PreviewRow {
 /// Subscribers do this on their own: this is for a queue whose subscribers
 /// are stopped (dead letters and logs past retention still go), or to see
 /// what housekeeping is about to do.
+#[tracing::instrument(name = "sluice.cleanup", skip(pool))]
 pub async fn cleanup(pool: &PgPool, dry_run: bool) -> Result<CleanupReport, Error> {
     if dry_run {
         let rows: Vec<PreviewRow> =

@@ -190,6 +190,7 @@ pub struct QueueStats {
 /// }
 /// # Ok(()) }
 /// ```
+#[tracing::instrument(name = "sluice.queue_stats", level = "debug", skip(pool))]
 pub async fn queue_stats(pool: &PgPool, stream: Option<&str>, consumer: Option<&str>) -> Result<QueueStats, Error> {
     if let Some(stream) = stream {
         match consumer {

@@ -281,6 +281,7 @@ pub const MAX_PAGE: usize = 1000;
 /// selects, by event id: at most `limit` (1 to [`MAX_PAGE`]), after the
 /// cursor `after` (a previous page's `next`), so paging is stable while tasks
 /// come and go.
+#[tracing::instrument(name = "sluice.list_tasks", level = "debug", skip_all, fields(stream = %stream, consumer = %consumer))]
 pub async fn list_tasks(
     pool: &PgPool,
     stream: &str,
@@ -320,6 +321,7 @@ fn parse_cursor(cursor: &str) -> Result<i64, InvalidInput> {
 
 /// How many tasks of the consumer `filter` selects, by state (states with
 /// none are left out).
+#[tracing::instrument(name = "sluice.count_tasks", level = "debug", skip_all, fields(stream = %stream, consumer = %consumer))]
 pub async fn count_tasks(
     pool: &PgPool,
     stream: &str,
@@ -396,6 +398,7 @@ const BULK_BATCH: i64 = 1000;
 /// println!("{} tasks retried", retried.changed.len());
 /// # Ok(()) }
 /// ```
+#[tracing::instrument(name = "sluice.retry_tasks", skip_all, fields(stream = %stream, consumer = %consumer, filter = ?filter))]
 pub async fn retry_tasks(
     pool: &PgPool,
     stream: &str,
@@ -408,6 +411,7 @@ pub async fn retry_tasks(
 
 /// Cancels the available and scheduled tasks `filter` selects: they will not
 /// run. Tasks in other states (running ones too) are left alone.
+#[tracing::instrument(name = "sluice.cancel_tasks", skip_all, fields(stream = %stream, consumer = %consumer, filter = ?filter))]
 pub async fn cancel_tasks(
     pool: &PgPool,
     stream: &str,
@@ -421,6 +425,7 @@ pub async fn cancel_tasks(
 /// Dead-letters the available and scheduled tasks `filter` selects, as a
 /// `nack` that discards would: kept for the consumer's dead retention and
 /// retriable by hand. Tasks in other states are left alone.
+#[tracing::instrument(name = "sluice.discard_tasks", skip_all, fields(stream = %stream, consumer = %consumer, filter = ?filter))]
 pub async fn discard_tasks(
     pool: &PgPool,
     stream: &str,
@@ -483,6 +488,7 @@ async fn bulk(
 
 /// Cancels an available or scheduled task; it will not run. Any other state
 /// is [`Error::TaskState`] and nothing changes.
+#[tracing::instrument(name = "sluice.cancel_task", skip_all, fields(stream = %stream, consumer = %consumer, event_id = %event_id))]
 pub async fn cancel_task(
     pool: &PgPool,
     stream: &str,
@@ -496,6 +502,7 @@ pub async fn cancel_task(
 /// Dead-letters an available or scheduled task by hand (see
 /// [`discard_tasks`]). Any other state is [`Error::TaskState`] and nothing
 /// changes.
+#[tracing::instrument(name = "sluice.discard_task", skip_all, fields(stream = %stream, consumer = %consumer, event_id = %event_id))]
 pub async fn discard_task(
     pool: &PgPool,
     stream: &str,
@@ -509,6 +516,7 @@ pub async fn discard_task(
 /// Retries a discarded or cancelled task by hand: available again at the end
 /// of the queue, attempts reset, its error history kept. Any other state is
 /// [`Error::TaskState`] and nothing changes.
+#[tracing::instrument(name = "sluice.retry_task", skip_all, fields(stream = %stream, consumer = %consumer, event_id = %event_id))]
 pub async fn retry_task(
     pool: &PgPool,
     stream: &str,
