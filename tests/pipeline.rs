@@ -681,6 +681,48 @@ async fn a_subscriber_survives_its_connections_being_killed() {
     assert_eq!(seen.len(), 101);
 }
 
+/// Events published while the LISTEN connection is being re-established
+/// (right after it was killed) are not lost: once listening again, the
+/// notifier wakes the subscribers to fetch what they may have missed. (The
+/// driver's retry after its own killed connection often fetches them first;
+/// this test guards the whole path, it did not catch the reconnect window
+/// the notifier now closes.)
+#[tokio::test]
+async fn events_published_while_the_listener_reconnects_are_not_lost() {
+    let db = TestDb::new().await;
+    setup(&db, &[("c", ConsumerOptions::default())]).await;
+    let seen = Seen::default();
+    let s = seen.clone();
+    let mut subscription = Subscription::new("orders", "c").poll_interval(Duration::from_secs(3600));
+    if support::pgbouncer().is_some() {
+        subscription = subscription.listen_url(db.url.clone());
+    }
+    let h = sub(&db.pool, subscription, move |msg: Message<Value>| {
+        let s = s.clone();
+        async move {
+            s.push(msg.id().0, msg.subject());
+            Ok::<_, HandlerError>(())
+        }
+    })
+    .await
+    .unwrap();
+    publish(&db.pool, "orders", event("orders.before", 0)).await.unwrap();
+    wait_until(WAIT, "the first event", || async { seen.len() == 1 }).await;
+    for round in 1..=5 {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .execute(&db.direct)
+        .await
+        .unwrap();
+        // At once: while the listener is still reconnecting.
+        let id = publish(&db.direct, "orders", event("orders.after", round)).await.unwrap();
+        wait_until(WAIT, &format!("the event of round {round}"), || async { seen.ids().contains(&id.0) }).await;
+    }
+    h.shutdown(Duration::from_secs(5)).await;
+}
+
 /// A paused consumer's subscriber keeps running and claims nothing; its
 /// events accumulate as available tasks, and all of them are handled once
 /// it is resumed. Pausing an unknown consumer or stream is a typed error.

@@ -161,10 +161,15 @@ async fn listen(pool: PgPool, topics: Topics, changed: Arc<Notify>, stop: Cancel
                 n = listener.try_recv() => match n {
                     Ok(Some(n)) => wake(&topics, Some(n.channel())),
                     Ok(None) => {
-                        // The connection dropped; sqlx reconnects on the next
-                        // call, and the LISTENs are sent again with it.
+                        // The connection dropped. sqlx would reconnect on the
+                        // next call and LISTEN again on its own, but nothing
+                        // would wake the subscribers once it listens: what
+                        // was published while it reconnected would wait for
+                        // the next poll. Reconnect here instead, where every
+                        // subscriber is woken once the LISTENs are back.
                         warn!("LISTEN connection lost; reconnecting");
                         wake(&topics, None);
+                        continue 'connect;
                     }
                     Err(e) => {
                         let wait = errors.next();
