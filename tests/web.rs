@@ -274,6 +274,8 @@ async fn bad_filters_are_shown_next_to_their_fields_and_change_nothing() {
     assert!(page.body.contains(r#"id="error-subject">invalid subject pattern &quot;a.&gt;.b&quot;"#), "{}", page.body);
     assert!(page.body.contains(r#"id="error-older_than">&quot;soon&quot; is not a duration"#), "{}", page.body);
     assert!(page.body.contains(r#"name="subject" value="a.&gt;.b""#), "what was typed stays: {}", page.body);
+    // htmx is told to show error pages: by default it drops 4xx responses.
+    assert!(page.body.contains(r#"&quot;code&quot;:&quot;...&quot;,&quot;swap&quot;:true"#), "{}", page.body);
     assert_eq!(count(&page.body, "badge discarded"), 0, "nothing listed");
 
     let cursor = get(&app, &format!("{BILLING}/tasks?after=yesterday")).await;
@@ -537,4 +539,31 @@ async fn nested_under_a_path_its_links_stay_inside() {
     let task = get(&app, &format!("/queue{BILLING}/tasks/{}", ids[0])).await;
     assert!(task.body.contains(&format!(r#"action="/queue{BILLING}/tasks/{}/retry""#, ids[0])), "{}", task.body);
     assert_eq!(get(&app, &format!("/queue{}", sluice_web::HTMX_PATH)).await.status, 200);
+}
+
+#[tokio::test]
+async fn the_tasks_page_leads_to_a_consumers_tasks_with_the_filter() {
+    let (db, _) = seeded().await;
+    let app = app(&db);
+    let page = get(&app, "/tasks").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(r#"<option value="orders/billing">billing (stream orders)</option>"#), "{}", page.body);
+
+    let chosen = get(&app, "/tasks?consumer=orders%2Fbilling&state=discarded&subject=orders.us.%2A").await;
+    assert_eq!(chosen.status, 303, "{}", chosen.body);
+    let target = chosen.location.unwrap();
+    assert_eq!(target, format!("{BILLING}/tasks?state=discarded&subject=orders.us.*&older_than="));
+    let list = get(&app, &target).await;
+    assert_eq!(count(&list.body, "badge discarded"), 2, "{}", list.body);
+
+    let unknown = get(&app, "/tasks?consumer=orders%2Fnope").await;
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.body.contains("consumer &quot;nope&quot; of stream &quot;orders&quot; does not exist"));
+    let malformed = get(&app, "/tasks?consumer=billing").await;
+    assert_eq!(malformed.status, 400);
+    assert!(
+        malformed.body.contains(r#"id="error-consumer">&quot;billing&quot; is not STREAM/CONSUMER"#),
+        "{}",
+        malformed.body
+    );
 }

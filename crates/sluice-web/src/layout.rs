@@ -23,6 +23,8 @@ form.inline{display:inline}button{cursor:pointer}
 .filters label{margin-right:.8rem;display:inline-block;vertical-align:top}
 "#;
 
+const HTMX_CONFIG: &str = r#"{"responseHandling":[{"code":"204","swap":false},{"code":"...","swap":true}]}"#;
+
 /// A whole page: the head, the navigation and `content`. Forms and links
 /// are boosted by htmx (`hx-boost`), so they work without it too.
 pub(crate) fn page(state: &WebState, title: &str, content: Markup) -> Markup {
@@ -33,6 +35,10 @@ pub(crate) fn page(state: &WebState, title: &str, content: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Sluice" }
+                // htmx swaps error responses too: a refused filter (400), a
+                // missing task (404) or a refused action (403, 409) is a page
+                // that says why, and must be shown rather than dropped.
+                meta name="htmx-config" content=(HTMX_CONFIG);
                 style { (PreEscaped(STYLE)) }
                 script src=(state.href(crate::HTMX_PATH)) defer {}
             }
@@ -40,6 +46,7 @@ pub(crate) fn page(state: &WebState, title: &str, content: Markup) -> Markup {
                 header {
                     strong { "Sluice" }
                     a href=(state.href("/")) { "Overview" }
+                    a href=(state.href("/tasks")) { "Tasks" }
                     a href=(state.href("/workers")) { "Workers" }
                     @if state.is_read_only() { span.badge { "read-only" } }
                 }

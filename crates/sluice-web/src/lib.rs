@@ -135,6 +135,7 @@ pub fn router(state: WebState) -> Router {
         .route("/", get(overview::page))
         .route(HTMX_PATH, get(assets::htmx))
         .route("/workers", get(workers::page))
+        .route("/tasks", get(tasks::pick))
         .route("/streams/{stream}", get(overview::stream_page))
         .route(consumer, get(consumer::page))
         .route(&format!("{consumer}/tasks"), get(tasks::page))

@@ -238,3 +238,58 @@ async fn bulk(state: &WebState, stream: &str, name: &str, action: &str, form: &B
     };
     Ok(layout::page(state, "Done", content).into_response())
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct PickQuery {
+    consumer: String,
+    #[serde(flatten)]
+    filter: FilterForm,
+}
+
+/// `/tasks`: choose a consumer (tasks belong to one), then its list with
+/// the same filter.
+pub(crate) async fn pick(State(state): State<WebState>, Query(query): Query<PickQuery>) -> Response {
+    let result = picker(&state, &query).await;
+    render(&state, result)
+}
+
+async fn picker(state: &WebState, query: &PickQuery) -> PageResult {
+    let chosen = query.consumer.trim();
+    let mut errors = std::collections::BTreeMap::new();
+    if !chosen.is_empty() {
+        match chosen.split_once('/') {
+            Some((stream, name)) => {
+                sluice::get_consumer(state.pool(), stream, name).await?;
+                let target = format!("{}/tasks?{}", consumer_path(stream, name), query.filter.query());
+                return Ok(axum::response::Redirect::to(&state.href(&target)).into_response());
+            }
+            None => {
+                errors.insert("consumer", format!("{chosen:?} is not STREAM/CONSUMER"));
+            }
+        }
+    }
+    let consumers = sluice::list_consumers(state.pool(), None).await?;
+    let content = html! {
+        h1 { "Tasks" }
+        @if consumers.is_empty() {
+            p { "No consumers yet: tasks belong to a consumer." }
+        } @else {
+            form.filters method="get" action=(state.href("/tasks")) {
+                label { "Consumer "
+                    select name="consumer" {
+                        @for c in &consumers {
+                            @let value = format!("{}/{}", c.stream, c.name);
+                            option value=(value) selected[value == chosen] { (c.name) " (stream " (c.stream) ")" }
+                        }
+                    }
+                    @if let Some(e) = errors.get("consumer") { span.field-error #error-consumer { (e) } }
+                }
+                (query.filter.fields(&query.filter.check().errors))
+                button type="submit" { "Show tasks" }
+            }
+        }
+    };
+    let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    Ok((status, layout::page(state, "Tasks", content)).into_response())
+}
