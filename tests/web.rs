@@ -185,6 +185,7 @@ async fn a_post_without_htmx_or_the_token_is_refused_and_changes_nothing() {
         (format!("{BILLING}/pause"), ""),
         (format!("{BILLING}/tasks/{}/retry", ids[0]), ""),
         (format!("{BILLING}/bulk/retry"), "state=discarded"),
+        (format!("{BILLING}/selected/retry"), "event=1&event=2"),
     ];
     for (path, form) in &attempts {
         for proof in [Proof::Nothing, Proof::Token("not-the-token"), Proof::Token("")] {
@@ -453,6 +454,7 @@ async fn read_only_mounts_no_action_and_offers_none() {
         format!("{BILLING}/tasks/{}/retry", ids[0]),
         format!("{BILLING}/tasks/{}/cancel", ids[5]),
         format!("{BILLING}/bulk/retry"),
+        format!("{BILLING}/selected/retry"),
     ] {
         let status = post(&app, &path, Proof::Htmx, "state=discarded").await.status;
         assert!(status == 404 || status == 405, "{path}: {status}");
@@ -566,4 +568,44 @@ async fn the_tasks_page_leads_to_a_consumers_tasks_with_the_filter() {
         "{}",
         malformed.body
     );
+}
+
+#[tokio::test]
+async fn the_tasks_ticked_in_the_list_are_steered_together() {
+    let (db, ids) = seeded().await;
+    let state = WebState::new(db.pool.clone());
+    let token = state.csrf_token().to_string();
+    let app = sluice_web::router(state);
+
+    let list = get(&app, &format!("{BILLING}/tasks")).await;
+    assert!(
+        list.body.contains(&format!(r#"<input type="checkbox" name="event" value="{}">"#, ids[0])),
+        "{}",
+        list.body
+    );
+    assert!(list.body.contains(&format!(r#"formaction="{BILLING}/selected/cancel""#)), "{}", list.body);
+
+    // Two dead letters and a scheduled task ticked: only the dead letters can be retried.
+    let form = format!("event={}&event={}&event={}", ids[0], ids[3], ids[5]);
+    let done = post(&app, &format!("{BILLING}/selected/retry"), Proof::Token(&token), &form).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("2 of 3 selected tasks retried."), "{}", done.body);
+    assert!(done.body.contains("The others were not discarded or cancelled"), "{}", done.body);
+    assert_eq!(state_of(&db, ids[0]).await, TaskState::Available);
+    assert_eq!(state_of(&db, ids[3]).await, TaskState::Available);
+    assert_eq!(state_of(&db, ids[5]).await, TaskState::Scheduled);
+    assert_eq!(state_of(&db, ids[1]).await, TaskState::Discarded, "not ticked, not touched");
+
+    let done = post(&app, &format!("{BILLING}/selected/discard"), Proof::Htmx, &format!("event={}", ids[6])).await;
+    assert!(done.body.contains("1 of 1 selected task discarded."), "{}", done.body);
+    assert_eq!(state_of(&db, ids[6]).await, TaskState::Discarded);
+
+    // Nothing ticked, or a value that is not an event id: 400, nothing changed.
+    let before = states(&db).await;
+    for form in ["", "event=abc", &format!("event={}&event=-1", ids[5])] {
+        let page = post(&app, &format!("{BILLING}/selected/cancel"), Proof::Htmx, form).await;
+        assert_eq!(page.status, 400, "{form:?}: {}", page.body);
+        assert!(page.body.contains("nothing was changed"), "{}", page.body);
+    }
+    assert_eq!(states(&db).await, before);
 }

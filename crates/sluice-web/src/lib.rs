@@ -146,6 +146,7 @@ pub fn router(state: WebState) -> Router {
             .route(&format!("{consumer}/resume"), post(consumer::resume))
             .route(&format!("{consumer}/tasks/{{event}}/{{action}}"), post(task::act))
             .route(&format!("{consumer}/bulk/{{action}}"), get(tasks::confirm).post(tasks::act_on_all))
+            .route(&format!("{consumer}/selected/{{action}}"), post(tasks::act_on_selected))
             .route_layer(axum::middleware::from_fn_with_state(state.clone(), csrf::guard));
         router = router.merge(actions);
     }

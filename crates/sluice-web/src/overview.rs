@@ -57,7 +57,8 @@ async fn overview(state: &WebState) -> PageResult {
                         @let mine: Vec<&ConsumerStats> = c.iter().filter(|s| s.stream == stream.name).collect();
                         tr {
                             td { a href=(state.href(&format!("/streams/{}", seg(&stream.name)))) { (stream.name) } }
-                            td.n { (mine.first().map(|s| s.events).unwrap_or(0)) }
+                            // Counted per consumer; a stream without one shows none.
+                            td.n { @if let Some(s) = mine.first() { (s.events) } @else { "—" } }
                             td { (layout::span(stream.event_retention)) }
                             td.n { (mine.len()) }
                         }

@@ -73,13 +73,31 @@ async fn list(state: &WebState, stream: &str, name: &str, form: &FilterForm, aft
                 @if page.tasks.is_empty() {
                     p #no-tasks { "No tasks match." }
                 } @else {
-                    (layout::live(state, "task-list", &format!("{path}/tasks?{query}&after={after}"), html! {
+                    // Not refreshed by polling: it would clear the boxes ticked.
+                    @let table = html! {
                         table #tasks {
-                            tr { th { "event" } th { "subject" } th { "state" } th.n { "priority" } th.n { "attempt" }
-                                 th { "created" } th { "due" } th { "last error" } }
+                            tr {
+                                @if !state.is_read_only() { th {} }
+                                th { "event" } th { "subject" } th { "state" } th.n { "priority" } th.n { "attempt" }
+                                th { "created" } th { "due" } th { "last error" }
+                            }
                             @for t in &page.tasks { (row(state, &path, t)) }
                         }
-                    }))
+                    };
+                    @if state.is_read_only() {
+                        (table)
+                    } @else {
+                        form #selected method="post" action=(state.href(&format!("{path}/selected/retry"))) {
+                            input type="hidden" name="csrf" value=(state.csrf_token());
+                            (table)
+                            p { "Selected tasks: "
+                                @for a in [Action::Retry, Action::Cancel, Action::Discard] {
+                                    button type="submit" formaction=(state.href(&format!("{path}/selected/{}", a.name())))
+                                        hx-confirm={ (a.name()) " the selected tasks?" } { (a.name()) } " "
+                                }
+                            }
+                        }
+                    }
                 }
                 p.paging {
                     @if !after.is_empty() { a href=(state.href(&format!("{path}/tasks?{query}"))) { "first page" } " " }
@@ -99,6 +117,7 @@ fn row(state: &WebState, path: &str, t: &Task) -> maud::Markup {
     let short: String = last_error.chars().take(120).collect();
     html! {
         tr {
+            @if !state.is_read_only() { td { input type="checkbox" name="event" value=(t.event_id); } }
             td { a href=(state.href(&format!("{path}/tasks/{}", t.event_id))) { (t.event_id) } }
             td { (t.subject) }
             td { span class={ "badge " (t.state) } { (t.state) } }
@@ -292,4 +311,56 @@ async fn picker(state: &WebState, query: &PickQuery) -> PageResult {
     };
     let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST };
     Ok((status, layout::page(state, "Tasks", content)).into_response())
+}
+
+/// Retry, cancel or discard the tasks ticked in the list (`event` fields).
+pub(crate) async fn act_on_selected(
+    State(state): State<WebState>,
+    Path((stream, consumer, action)): Path<(String, String, String)>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let fields = form.map(|Form(f)| f).unwrap_or_default();
+    let result = selected(&state, &stream, &consumer, &action, &fields).await;
+    render(&state, result)
+}
+
+async fn selected(state: &WebState, stream: &str, name: &str, action: &str, fields: &[(String, String)]) -> PageResult {
+    let action = Action::parse(action)?;
+    sluice::get_consumer(state.pool(), stream, name).await?;
+    let path = consumer_path(stream, name);
+    let mut ids = Vec::new();
+    let mut refused = None;
+    for (_, value) in fields.iter().filter(|(k, _)| k == "event") {
+        match value.parse::<i64>() {
+            Ok(id) if id > 0 => ids.push(sluice::EventId(id)),
+            _ => refused = Some(format!("{value:?} is not an event id; nothing was changed")),
+        }
+    }
+    if ids.is_empty() && refused.is_none() {
+        refused = Some("no task was selected; nothing was changed".to_string());
+    }
+    if let Some(reason) = refused {
+        let content = html! {
+            h1 { "Nothing changed" }
+            p.error #selection-error { (reason) }
+            p { a href=(state.href(&format!("{path}/tasks"))) { "Back to the tasks" } }
+        };
+        return Ok((StatusCode::BAD_REQUEST, layout::page(state, "Nothing changed", content)).into_response());
+    }
+    let filter = sluice::TaskFilter::default().events(ids.iter().copied());
+    let pool = state.pool();
+    let steered = match action {
+        Action::Retry => sluice::retry_tasks(pool, stream, name, &filter, None).await?,
+        Action::Cancel => sluice::cancel_tasks(pool, stream, name, &filter, None).await?,
+        Action::Discard => sluice::discard_tasks(pool, stream, name, &filter, None).await?,
+    };
+    let (n, asked) = (steered.changed.len(), ids.len());
+    let from = action.takes_from().map(|s| s.as_str()).join(" or ");
+    let content = html! {
+        h1 { "Done" }
+        p #done { (n) " of " (asked) " selected " @if asked == 1 { "task" } @else { "tasks" } " " (action.done()) "." }
+        @if n < asked { p { "The others were not " (from) ", so they were left alone." } }
+        p { a href=(state.href(&format!("{path}/tasks"))) { "Back to the tasks" } }
+    };
+    Ok(layout::page(state, "Done", content).into_response())
 }
