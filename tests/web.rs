@@ -186,6 +186,7 @@ async fn a_post_without_htmx_or_the_token_is_refused_and_changes_nothing() {
         (format!("{BILLING}/tasks/{}/retry", ids[0]), ""),
         (format!("{BILLING}/bulk/retry"), "state=discarded"),
         (format!("{BILLING}/selected/retry"), "event=1&event=2"),
+        (format!("{BILLING}/reset"), "to=beginning"),
     ];
     for (path, form) in &attempts {
         for proof in [Proof::Nothing, Proof::Token("not-the-token"), Proof::Token("")] {
@@ -455,11 +456,13 @@ async fn read_only_mounts_no_action_and_offers_none() {
         format!("{BILLING}/tasks/{}/cancel", ids[5]),
         format!("{BILLING}/bulk/retry"),
         format!("{BILLING}/selected/retry"),
+        format!("{BILLING}/reset"),
     ] {
         let status = post(&app, &path, Proof::Htmx, "state=discarded").await.status;
         assert!(status == 404 || status == 405, "{path}: {status}");
     }
     assert_eq!(get(&app, &format!("{BILLING}/bulk/retry?state=discarded")).await.status, 404);
+    assert_eq!(get(&app, &format!("{BILLING}/reset?to=beginning")).await.status, 404);
     assert!(!sluice::get_consumer(&db.pool, "orders", "billing").await.unwrap().paused);
     assert_eq!(states(&db).await, before);
 
@@ -608,4 +611,42 @@ async fn the_tasks_ticked_in_the_list_are_steered_together() {
         assert!(page.body.contains("nothing was changed"), "{}", page.body);
     }
     assert_eq!(states(&db).await, before);
+}
+
+async fn lag(db: &TestDb) -> i64 {
+    sluice::queue_stats(&db.pool, Some("orders"), Some("billing")).await.unwrap().consumers[0].lag_events
+}
+
+#[tokio::test]
+async fn a_position_reset_names_what_it_replays_before_it_moves() {
+    let (db, ids) = seeded().await;
+    let state = WebState::new(db.pool.clone());
+    let token = state.csrf_token().to_string();
+    let app = sluice_web::router(state);
+    assert_eq!(lag(&db).await, 0, "every event made into a task");
+
+    let page = get(&app, BILLING).await;
+    assert!(page.body.contains(&format!(r#"action="{BILLING}/reset""#)), "{}", page.body);
+    let confirm = get(&app, &format!("{BILLING}/reset?to=beginning")).await;
+    assert_eq!(confirm.status, 200, "{}", confirm.body);
+    assert!(confirm.body.contains("every event the stream holds (7 now) again."), "{}", confirm.body);
+    let from_event = get(&app, &format!("{BILLING}/reset?to={}", ids[5])).await;
+    assert!(from_event.body.contains(&format!("the events from event {} on again.", ids[5])), "{}", from_event.body);
+    let since = get(&app, &format!("{BILLING}/reset?to=2026-01-01T00:00:00Z")).await;
+    assert!(since.body.contains("the events published since 2026-01-01 00:00:00 UTC again."), "{}", since.body);
+    assert_eq!(lag(&db).await, 0, "a confirmation changes nothing");
+
+    for bad in ["soon", "0", ""] {
+        let page = get(&app, &format!("{BILLING}/reset?to={bad}")).await;
+        assert_eq!(page.status, 400, "{bad:?}: {}", page.body);
+        assert!(page.body.contains(r#"id="error-to""#), "{}", page.body);
+        let page = post(&app, &format!("{BILLING}/reset"), Proof::Htmx, &format!("to={bad}")).await;
+        assert_eq!(page.status, 400, "{bad:?}: {}", page.body);
+    }
+    assert_eq!(lag(&db).await, 0, "nothing moved");
+
+    let done = post(&app, &format!("{BILLING}/reset"), Proof::Token(&token), "to=beginning").await;
+    assert_eq!((done.status, done.location.as_deref()), (303, Some(BILLING)), "{}", done.body);
+    assert_eq!(lag(&db).await, 7, "the stream's events are ahead of the consumer again");
+    assert_eq!(get(&app, "/streams/orders/consumers/nope/reset?to=now").await.status, 404);
 }

@@ -3,11 +3,13 @@
 //! run with `sluice serve`.
 //!
 //! Pages: the overview (streams, consumers with their lag, tasks by state,
-//! workers by status, dead letters), a consumer (settings, position and lag,
-//! pause and resume, its workers), its tasks (filtered by state, subject
-//! pattern and age, paged by cursor; retry, cancel or discard one task or all
-//! that match), a task (its event, every attempt's error, its log) and the
-//! workers. htmx is embedded in the binary; nothing is fetched from elsewhere.
+//! workers by status, dead letters), a stream, a consumer (settings, position
+//! and lag, pause and resume, a position reset confirmed with what it
+//! replays, its workers), its tasks (filtered by state, subject pattern and
+//! age, paged by cursor; retry, cancel or discard one task, the ticked ones,
+//! or all that match after a count), a task (its event, every attempt's
+//! error, its log) and the workers. htmx is embedded in the binary; nothing
+//! is fetched from elsewhere.
 //!
 //! Every POST must carry the `HX-Request: true` header (htmx sends it) or
 //! the process's CSRF token in a `csrf` form field, or it is refused with
@@ -86,7 +88,7 @@ impl WebState {
     }
 
     /// Look, don't touch: the routes that change anything (pause, resume,
-    /// retry, cancel, discard) are not mounted, and no page offers them.
+    /// reset, retry, cancel, discard) are not mounted, and no page offers them.
     pub fn read_only(self, read_only: bool) -> WebState {
         self.with(|inner| inner.read_only = read_only)
     }
@@ -144,6 +146,7 @@ pub fn router(state: WebState) -> Router {
         let actions = Router::new()
             .route(&format!("{consumer}/pause"), post(consumer::pause))
             .route(&format!("{consumer}/resume"), post(consumer::resume))
+            .route(&format!("{consumer}/reset"), get(consumer::confirm_reset).post(consumer::reset))
             .route(&format!("{consumer}/tasks/{{event}}/{{action}}"), post(task::act))
             .route(&format!("{consumer}/bulk/{{action}}"), get(tasks::confirm).post(tasks::act_on_all))
             .route(&format!("{consumer}/selected/{{action}}"), post(tasks::act_on_selected))
