@@ -36,6 +36,16 @@ demo:
 sluice *ARGS:
     cargo run -q -p sluice-cli -- {{ARGS}}
 
+# The dashboard, /metrics and /healthz on DATABASE_URL's database, e.g.
+# `just dashboard --read-only` (open http://127.0.0.1:9187/).
+dashboard *ARGS:
+    cargo run -q -p sluice-cli -- serve --listen 127.0.0.1:9187 {{ARGS}}
+
+# The dashboard's tests: its pages and actions (tests/web.rs) and its unit tests.
+test-web:
+    cargo test --test web
+    cargo test -p sluice-web
+
 # The chaos suite: killed workers, a Postgres restart (private cluster), out-of-order
 # commits, a pinned xmin. About 6 minutes on 2 cores; CHAOS_* variables shrink it
 # (see docs/RELIABILITY.md). `just chaos -- NAME` runs the parts whose name has NAME.

@@ -51,11 +51,12 @@ async fn binary() -> &'static PathBuf {
         .await
 }
 
-/// A `sluice` command with a clean environment: no `DATABASE_URL` unless the
-/// test sets one, and no `RUST_LOG` to add lines to stderr.
+/// A `sluice` command with a clean environment: no `DATABASE_URL` or
+/// `SLUICE_BASIC_AUTH` unless the test sets one, and no `RUST_LOG` to add
+/// lines to stderr.
 async fn sluice() -> Command {
     let mut cmd = Command::new(binary().await);
-    cmd.env_remove("DATABASE_URL").env_remove("RUST_LOG").kill_on_drop(true);
+    cmd.env_remove("DATABASE_URL").env_remove("RUST_LOG").env_remove("SLUICE_BASIC_AUTH").kill_on_drop(true);
     cmd
 }
 
@@ -840,4 +841,93 @@ async fn serve_exposes_the_queue_to_prometheus_and_a_health_check() {
     assert!(line.contains("cannot listen on"), "{line}");
     let line = run_with_url(&db.url, &["serve", "--listen", "localhost"]).await.failure("not an address");
     assert!(line.contains("invalid value 'localhost'"), "{line}");
+}
+
+/// Starts `sluice serve` on a free port with `args` after `serve` and `env`
+/// set; returns the process and the address it says it listens on.
+async fn start_serve(url: &str, args: &[&str], env: &[(&str, &str)]) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = sluice().await;
+    cmd.args(["--database-url", url, "serve", "--listen", "127.0.0.1:0"]).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut server = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let address = first
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("an address in {first:?}"))
+        .to_string();
+    (server, address)
+}
+
+/// One HTTP/1.1 request with extra header lines: the status and the body.
+async fn http(address: &str, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect to the server");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: 0\r\n");
+    for h in headers {
+        request.push_str(&format!("{h}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn serve_mounts_the_dashboard_behind_basic_auth_and_read_only() {
+    let db = TestDb::new().await;
+    sluice::create_stream(&db.pool, "orders", sluice::StreamOptions::default()).await.unwrap();
+    sluice::create_consumer(&db.pool, "orders", "billing", sluice::ConsumerOptions::default()).await.unwrap();
+    // "admin:s3cret" in base64, and a wrong password.
+    let admin = "Authorization: Basic YWRtaW46czNjcmV0";
+    let wrong = "Authorization: Basic YWRtaW46d3Jvbmc=";
+    let pause = "/streams/orders/consumers/billing/pause";
+    let paused = || async { sluice::get_consumer(&db.pool, "orders", "billing").await.unwrap().paused };
+
+    // Credentials from the environment, read-only.
+    let (mut server, address) = start_serve(&db.url, &["--read-only"], &[("SLUICE_BASIC_AUTH", "admin:s3cret")]).await;
+    assert_eq!(http(&address, "GET", "/healthz", &[]).await.0, 200, "probes need no password");
+    assert_eq!(http(&address, "GET", "/metrics", &[]).await.0, 200, "nor does Prometheus");
+    assert_eq!(http(&address, "GET", "/", &[]).await.0, 401);
+    assert_eq!(http(&address, "GET", "/", &[wrong]).await.0, 401);
+    let (status, page) = http(&address, "GET", "/", &[admin]).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Overview") && page.contains("read-only"), "{page}");
+    let (status, page) = http(&address, "GET", "/streams/orders/consumers/billing", &[admin]).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(!page.contains(r#"method="post""#), "no action offered: {page}");
+    let status = http(&address, "POST", pause, &[admin, "HX-Request: true"]).await.0;
+    assert!(status == 404 || status == 405, "no action route: {status}");
+    assert!(!paused().await);
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+
+    // Credentials from the flag, actions mounted.
+    let (mut server, address) = start_serve(&db.url, &["--basic-auth", "admin:s3cret"], &[]).await;
+    assert_eq!(http(&address, "POST", pause, &["HX-Request: true"]).await.0, 401, "no password, no pause");
+    assert!(!paused().await);
+    assert_eq!(http(&address, "POST", pause, &[admin]).await.0, 403, "no htmx header, no token, no pause");
+    assert!(!paused().await);
+    assert_eq!(http(&address, "POST", pause, &[admin, "HX-Request: true"]).await.0, 303);
+    assert!(paused().await);
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+
+    // No auth asked for: the dashboard is open.
+    let (mut server, address) = start_serve(&db.url, &[], &[]).await;
+    assert_eq!(http(&address, "GET", "/workers", &[]).await.0, 200);
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+
+    let line = run_with_url(&db.url, &["serve", "--basic-auth", "admin"]).await.failure("not USER:PASS");
+    assert!(line.contains("USER:PASS"), "{line}");
 }

@@ -56,7 +56,7 @@ enum Command {
     Workers(WorkersArgs),
     /// Run the subscribers' housekeeping by hand (retention, lost leases, due tasks).
     Cleanup(CleanupArgs),
-    /// Serve /metrics (Prometheus) and /healthz over HTTP.
+    /// Serve the web dashboard, /metrics (Prometheus) and /healthz over HTTP.
     Serve(ServeArgs),
 }
 

@@ -30,8 +30,10 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 use metrics_util::MetricKindMask;
 use sqlx::PgPool;
 
+mod auth;
 mod gauges;
 
+pub use auth::{require_basic_auth, BasicAuth};
 pub use gauges::{collect, GAUGES};
 
 /// Histogram buckets, in seconds, of every `*_duration_seconds` histogram:
@@ -111,5 +113,16 @@ pub async fn serve(
     state: State,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    serve_app(listener, router(state), shutdown).await
+}
+
+/// Serves `app` (usually [`router`] merged with other routes, such as the
+/// dashboard's) on `listener` until `shutdown` completes; requests under way
+/// are finished first.
+pub async fn serve_app(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -1,0 +1,70 @@
+//! Cross-site request forgery: a POST is refused unless it comes from htmx
+//! (`HX-Request: true`, a header a cross-site form cannot set and a
+//! cross-site script cannot send without a CORS preflight this router never
+//! grants) or carries the process's token in a `csrf` form field.
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rand::Rng;
+
+use crate::WebState;
+
+/// The largest form an action takes (a filter and a reason).
+const FORM_LIMIT: usize = 64 * 1024;
+
+pub(crate) fn new_token() -> String {
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) async fn guard(State(state): State<WebState>, request: Request, next: Next) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    if request.headers().get("hx-request").is_some_and(|v| v.as_bytes() == b"true") {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = to_bytes(body, FORM_LIMIT).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "form too large\n").into_response();
+    };
+    let token = form_field(&bytes, "csrf");
+    if !token.is_some_and(|t| same(t.as_bytes(), state.csrf_token().as_bytes())) {
+        return crate::error::page(
+            &state,
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "this request came without the dashboard's CSRF token or the HX-Request header, \
+             so it may come from another site; nothing was changed",
+        );
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body).ok()?;
+    fields.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// Compares in time that does not depend on where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_are_fresh_and_compared_whole() {
+        let (a, b) = (super::new_token(), super::new_token());
+        assert_eq!(a.len(), 48);
+        assert_ne!(a, b);
+        assert!(super::same(a.as_bytes(), a.as_bytes()));
+        assert!(!super::same(a.as_bytes(), b.as_bytes()));
+        assert!(!super::same(a.as_bytes(), &a.as_bytes()[..47]));
+        assert_eq!(super::form_field(b"reason=x&csrf=abc", "csrf").as_deref(), Some("abc"));
+        assert_eq!(super::form_field(b"reason=x", "csrf"), None);
+    }
+}
