@@ -632,22 +632,19 @@ async fn a_subscriber_with_a_small_refill_chunk_delivers_a_whole_backlog_once() 
     assert_eq!(seen.len(), 1000);
 }
 
-#[tokio::test]
-async fn a_subscriber_survives_its_connections_being_killed() {
-    let db = TestDb::new().await;
-    setup(&db, &[("c", ConsumerOptions::default())]).await;
-    let seen = Seen::default();
+/// A subscriber of consumer `c` that records what it handles and hears of
+/// new work only by LISTEN: polling is an hour away, so only a working
+/// (or reconnected) LISTEN brings work in time. Behind PgBouncer in
+/// transaction pooling LISTEN through it would never hear anything: it
+/// LISTENs straight to the server, as docs/OPERATIONS.md says to, while
+/// everything else goes through PgBouncer.
+async fn listening_recorder(db: &TestDb, seen: &Seen) -> sluice::SubscriberHandle {
     let s = seen.clone();
-    // Polling is an hour away: only a reconnected LISTEN can bring the work in time.
     let mut subscription = Subscription::new("orders", "c").poll_interval(Duration::from_secs(3600));
     if support::pgbouncer().is_some() {
-        // Behind PgBouncer in transaction pooling the subscriber would poll
-        // (LISTEN through it never hears anything): LISTEN straight to the
-        // server, as docs/OPERATIONS.md says to, while everything else goes
-        // through PgBouncer.
         subscription = subscription.listen_url(db.url.clone());
     }
-    let h = sub(&db.pool, subscription, move |msg: Message<Value>| {
+    sub(&db.pool, subscription, move |msg: Message<Value>| {
         let s = s.clone();
         async move {
             s.push(msg.id().0, msg.subject());
@@ -655,7 +652,15 @@ async fn a_subscriber_survives_its_connections_being_killed() {
         }
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_subscriber_survives_its_connections_being_killed() {
+    let db = TestDb::new().await;
+    setup(&db, &[("c", ConsumerOptions::default())]).await;
+    let seen = Seen::default();
+    let h = listening_recorder(&db, &seen).await;
     publish(&db.pool, "orders", event("orders.before", 0)).await.unwrap();
     wait_until(WAIT, "the first event", || async { seen.len() == 1 }).await;
 
@@ -692,20 +697,7 @@ async fn events_published_while_the_listener_reconnects_are_not_lost() {
     let db = TestDb::new().await;
     setup(&db, &[("c", ConsumerOptions::default())]).await;
     let seen = Seen::default();
-    let s = seen.clone();
-    let mut subscription = Subscription::new("orders", "c").poll_interval(Duration::from_secs(3600));
-    if support::pgbouncer().is_some() {
-        subscription = subscription.listen_url(db.url.clone());
-    }
-    let h = sub(&db.pool, subscription, move |msg: Message<Value>| {
-        let s = s.clone();
-        async move {
-            s.push(msg.id().0, msg.subject());
-            Ok::<_, HandlerError>(())
-        }
-    })
-    .await
-    .unwrap();
+    let h = listening_recorder(&db, &seen).await;
     publish(&db.pool, "orders", event("orders.before", 0)).await.unwrap();
     wait_until(WAIT, "the first event", || async { seen.len() == 1 }).await;
     for round in 1..=5 {

@@ -101,30 +101,7 @@ enum TasksCommand {
     Discard(Steer),
 }
 
-#[derive(Clone, Copy)]
-enum Action {
-    Retry,
-    Cancel,
-    Discard,
-}
-
-impl Action {
-    fn verb(self) -> &'static str {
-        match self {
-            Action::Retry => "retry",
-            Action::Cancel => "cancel",
-            Action::Discard => "discard",
-        }
-    }
-
-    fn done(self) -> &'static str {
-        match self {
-            Action::Retry => "retried",
-            Action::Cancel => "cancelled",
-            Action::Discard => "discarded",
-        }
-    }
-}
+use sluice::TaskAction as Action;
 
 pub async fn run(pool: &PgPool, out: Out, args: TasksArgs) -> Result<()> {
     match args.command {
@@ -225,12 +202,7 @@ async fn steer(pool: &PgPool, out: Out, action: Action, s: Steer) -> Result<()> 
         let mut refused = Vec::new();
         for &id in &s.event_ids {
             let id = sluice::EventId(id);
-            let result = match action {
-                Action::Retry => sluice::retry_task(pool, stream, consumer, id, reason).await,
-                Action::Cancel => sluice::cancel_task(pool, stream, consumer, id, reason).await,
-                Action::Discard => sluice::discard_task(pool, stream, consumer, id, reason).await,
-            };
-            match result {
+            match sluice::steer_task(pool, action, stream, consumer, id, reason).await {
                 Ok(()) => done.push(id.0),
                 Err(e @ (sluice::Error::TaskState { .. } | sluice::Error::TaskNotFound { .. })) => {
                     refused.push(e.to_string())
@@ -241,8 +213,8 @@ async fn steer(pool: &PgPool, out: Out, action: Action, s: Steer) -> Result<()> 
         // What was done is printed even when some were refused; the refusal
         // is the error line.
         if refused.is_empty() || !done.is_empty() {
-            out.print(&json!({ action.done(): done, "refused": refused }), || {
-                format!("{} {} task(s)", action.done(), done.len())
+            out.print(&json!({ action.past(): done, "refused": refused }), || {
+                format!("{} {} task(s)", action.past(), done.len())
             })?;
         }
         if let Some(first) = refused.first() {
@@ -262,16 +234,12 @@ async fn steer(pool: &PgPool, out: Out, action: Action, s: Steer) -> Result<()> 
         let by_state = counts.iter().map(|(s, n)| format!("{n} {}", s.as_str())).collect::<Vec<_>>().join(", ");
         confirm(
             s.yes,
-            &format!("{} {total} task(s) of consumer {consumer:?} ({by_state})?", capitalized(action.verb())),
+            &format!("{} {total} task(s) of consumer {consumer:?} ({by_state})?", capitalized(action.name())),
         )?;
     }
-    let steered = match action {
-        Action::Retry => sluice::retry_tasks(pool, stream, consumer, &filter, reason).await?,
-        Action::Cancel => sluice::cancel_tasks(pool, stream, consumer, &filter, reason).await?,
-        Action::Discard => sluice::discard_tasks(pool, stream, consumer, &filter, reason).await?,
-    };
+    let steered = sluice::steer_tasks(pool, action, stream, consumer, &filter, reason).await?;
     let n = steered.changed.len();
-    out.print(&json!({ action.done(): n }), || format!("{} {n} task(s)", action.done()))
+    out.print(&json!({ action.past(): n }), || format!("{} {n} task(s)", action.past()))
 }
 
 fn capitalized(word: &str) -> String {

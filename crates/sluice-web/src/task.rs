@@ -11,8 +11,9 @@ use sluice::{EventId, TaskState};
 
 use crate::error::{render, PageResult, WebError};
 use crate::layout::{self, consumer_path};
-use crate::tasks::Action;
+use crate::tasks::parse_action;
 use crate::WebState;
+use sluice::TaskAction as Action;
 
 fn event_id(raw: &str) -> Result<EventId, WebError> {
     raw.parse::<i64>()
@@ -144,15 +145,11 @@ pub(crate) async fn act(
 }
 
 async fn steer(state: &WebState, stream: &str, name: &str, event: &str, action: &str, form: &ReasonForm) -> PageResult {
-    let action = Action::parse(action)?;
+    let action = parse_action(action)?;
     let id = event_id(event)?;
     let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
     let pool = state.pool();
-    let done = match action {
-        Action::Retry => sluice::retry_task(pool, stream, name, id, reason).await,
-        Action::Cancel => sluice::cancel_task(pool, stream, name, id, reason).await,
-        Action::Discard => sluice::discard_task(pool, stream, name, id, reason).await,
-    };
+    let done = sluice::steer_task(pool, action, stream, name, id, reason).await;
     match done {
         Ok(()) => Ok(Redirect::to(&state.href(&format!("{}/tasks/{id}", consumer_path(stream, name)))).into_response()),
         Err(e @ sluice::Error::TaskState { .. }) => {

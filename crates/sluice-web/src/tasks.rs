@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use maud::html;
 use serde::Deserialize;
+use sluice::TaskAction as Action;
 use sluice::{Task, TaskState};
 
 use crate::error::{render, PageResult, WebError};
@@ -91,7 +92,7 @@ async fn list(state: &WebState, stream: &str, name: &str, form: &FilterForm, aft
                             input type="hidden" name="csrf" value=(state.csrf_token());
                             (table)
                             p { "Selected tasks: "
-                                @for a in [Action::Retry, Action::Cancel, Action::Discard] {
+                                @for a in Action::ALL {
                                     button type="submit" formaction=(state.href(&format!("{path}/selected/{}", a.name())))
                                         hx-confirm={ (a.name()) " the selected tasks?" } { (a.name()) } " "
                                 }
@@ -130,47 +131,10 @@ fn row(state: &WebState, path: &str, t: &Task) -> maud::Markup {
     }
 }
 
-/// What a bulk action does, and to which states.
-#[derive(Clone, Copy)]
-pub(crate) enum Action {
-    Retry,
-    Cancel,
-    Discard,
-}
-
-impl Action {
-    pub(crate) fn parse(name: &str) -> Result<Action, WebError> {
-        match name {
-            "retry" => Ok(Action::Retry),
-            "cancel" => Ok(Action::Cancel),
-            "discard" => Ok(Action::Discard),
-            other => Err(WebError::NotFound(format!("no action {other:?}: the actions are retry, cancel and discard"))),
-        }
-    }
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Action::Retry => "retry",
-            Action::Cancel => "cancel",
-            Action::Discard => "discard",
-        }
-    }
-
-    fn done(self) -> &'static str {
-        match self {
-            Action::Retry => "retried",
-            Action::Cancel => "cancelled",
-            Action::Discard => "discarded",
-        }
-    }
-
-    /// The states the library's action takes a task from.
-    pub(crate) fn takes_from(self) -> [TaskState; 2] {
-        match self {
-            Action::Retry => [TaskState::Discarded, TaskState::Cancelled],
-            Action::Cancel | Action::Discard => [TaskState::Available, TaskState::Scheduled],
-        }
-    }
+/// An action named in a URL, or the 404 that says there is none.
+pub(crate) fn parse_action(name: &str) -> Result<Action, WebError> {
+    name.parse()
+        .map_err(|_| WebError::NotFound(format!("no action {name:?}: the actions are retry, cancel and discard")))
 }
 
 pub(crate) async fn confirm(
@@ -183,7 +147,7 @@ pub(crate) async fn confirm(
 }
 
 async fn confirmation(state: &WebState, stream: &str, name: &str, action: &str, form: &FilterForm) -> PageResult {
-    let action = Action::parse(action)?;
+    let action = parse_action(action)?;
     sluice::get_consumer(state.pool(), stream, name).await?;
     let checked = form.check();
     if !checked.errors.is_empty() {
@@ -191,18 +155,18 @@ async fn confirmation(state: &WebState, stream: &str, name: &str, action: &str, 
     }
     let counts = sluice::count_tasks(state.pool(), stream, name, &checked.filter).await?;
     let taken: Vec<(TaskState, i64)> =
-        counts.into_iter().filter(|(s, n)| *n > 0 && action.takes_from().contains(s)).collect();
+        counts.into_iter().filter(|(s, n)| *n > 0 && action.applies_to().contains(s)).collect();
     let total: i64 = taken.iter().map(|(_, n)| n).sum();
     let path = consumer_path(stream, name);
-    let from = action.takes_from().map(|s| s.as_str()).join(" or ");
+    let from = action.applies_to().map(|s| s.as_str()).join(" or ");
     let content = html! {
         h1 { "Confirm: " (action.name()) " tasks of " (name) }
-        p { "Filter: " (form.describe()) ". Only " (from) " tasks can be " (action.done()) "." }
+        p { "Filter: " (form.describe()) ". Only " (from) " tasks can be " (action.past()) "." }
         @if total == 0 {
             p #count { "No tasks match: there is nothing to " (action.name()) "." }
         } @else {
             p #count {
-                strong { (total) " " @if total == 1 { "task" } @else { "tasks" } } " will be " (action.done())
+                strong { (total) " " @if total == 1 { "task" } @else { "tasks" } } " will be " (action.past())
                 " (" @for (i, (s, n)) in taken.iter().enumerate() { @if i > 0 { ", " } (n) " " (s) } ")."
             }
             form method="post" action=(state.href(&format!("{path}/bulk/{}", action.name()))) {
@@ -236,23 +200,19 @@ pub(crate) async fn act_on_all(
 }
 
 async fn bulk(state: &WebState, stream: &str, name: &str, action: &str, form: &BulkForm) -> PageResult {
-    let action = Action::parse(action)?;
+    let action = parse_action(action)?;
     let checked = form.filter.check();
     if !checked.errors.is_empty() {
         return list(state, stream, name, &form.filter, "").await;
     }
     let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
     let (pool, filter) = (state.pool(), &checked.filter);
-    let steered = match action {
-        Action::Retry => sluice::retry_tasks(pool, stream, name, filter, reason).await?,
-        Action::Cancel => sluice::cancel_tasks(pool, stream, name, filter, reason).await?,
-        Action::Discard => sluice::discard_tasks(pool, stream, name, filter, reason).await?,
-    };
+    let steered = sluice::steer_tasks(pool, action, stream, name, filter, reason).await?;
     let n = steered.changed.len();
     let path = consumer_path(stream, name);
     let content = html! {
         h1 { "Done" }
-        p #done { (n) " " @if n == 1 { "task" } @else { "tasks" } " " (action.done()) " (" (form.filter.describe()) ")." }
+        p #done { (n) " " @if n == 1 { "task" } @else { "tasks" } " " (action.past()) " (" (form.filter.describe()) ")." }
         p { a href=(state.href(&format!("{path}/tasks?{}", form.filter.query()))) { "Back to the tasks" } }
     };
     Ok(layout::page(state, "Done", content).into_response())
@@ -325,7 +285,7 @@ pub(crate) async fn act_on_selected(
 }
 
 async fn selected(state: &WebState, stream: &str, name: &str, action: &str, fields: &[(String, String)]) -> PageResult {
-    let action = Action::parse(action)?;
+    let action = parse_action(action)?;
     sluice::get_consumer(state.pool(), stream, name).await?;
     let path = consumer_path(stream, name);
     let mut ids = Vec::new();
@@ -349,16 +309,12 @@ async fn selected(state: &WebState, stream: &str, name: &str, action: &str, fiel
     }
     let filter = sluice::TaskFilter::default().events(ids.iter().copied());
     let pool = state.pool();
-    let steered = match action {
-        Action::Retry => sluice::retry_tasks(pool, stream, name, &filter, None).await?,
-        Action::Cancel => sluice::cancel_tasks(pool, stream, name, &filter, None).await?,
-        Action::Discard => sluice::discard_tasks(pool, stream, name, &filter, None).await?,
-    };
+    let steered = sluice::steer_tasks(pool, action, stream, name, &filter, None).await?;
     let (n, asked) = (steered.changed.len(), ids.len());
-    let from = action.takes_from().map(|s| s.as_str()).join(" or ");
+    let from = action.applies_to().map(|s| s.as_str()).join(" or ");
     let content = html! {
         h1 { "Done" }
-        p #done { (n) " of " (asked) " selected " @if asked == 1 { "task" } @else { "tasks" } " " (action.done()) "." }
+        p #done { (n) " of " (asked) " selected " @if asked == 1 { "task" } @else { "tasks" } " " (action.past()) "." }
         @if n < asked { p { "The others were not " (from) ", so they were left alone." } }
         p { a href=(state.href(&format!("{path}/tasks"))) { "Back to the tasks" } }
     };

@@ -72,6 +72,7 @@ pub use subject::{check_pattern, check_subject, subject_matches};
 pub use subscriber::{sub, BackoffFn, ShutdownReport, SubscriberEvent, SubscriberHandle, Subscription};
 pub use tasks::{
     cancel_task, cancel_tasks, count_tasks, discard_task, discard_tasks, get_task, list_tasks, retry_task, retry_tasks,
-    task_event, task_log, Event, Steered, Task, TaskFilter, TaskLogEntry, TaskPage, MAX_PAGE,
+    steer_task, steer_tasks, task_event, task_log, Event, Steered, Task, TaskAction, TaskFilter, TaskLogEntry,
+    TaskPage, MAX_PAGE,
 };
 pub use workers::{list_workers, Worker};

@@ -346,39 +346,82 @@ pub struct Steered {
     pub changed: Vec<EventId>,
 }
 
-/// The three things an operator does to tasks by hand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
+/// The three things an operator does to tasks by hand, for [`steer_task`]
+/// and [`steer_tasks`] (the CLI and the dashboard take them by name).
+///
+/// ```
+/// use sluice::{TaskAction, TaskState};
+/// let retry: TaskAction = "retry".parse().unwrap();
+/// assert_eq!(retry.past(), "retried");
+/// assert_eq!(retry.applies_to(), [TaskState::Discarded, TaskState::Cancelled]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskAction {
+    /// Dead letters and cancelled tasks become available again, attempts reset.
     Retry,
+    /// Available and scheduled tasks are cancelled: they will not run.
     Cancel,
+    /// Available and scheduled tasks become dead letters (retriable by hand).
     Discard,
 }
 
-impl Action {
-    fn name(self) -> &'static str {
+impl TaskAction {
+    /// Every action.
+    pub const ALL: [TaskAction; 3] = [TaskAction::Retry, TaskAction::Cancel, TaskAction::Discard];
+
+    /// Its name: `retry`, `cancel`, `discard`.
+    pub fn name(self) -> &'static str {
         match self {
-            Action::Retry => "retry",
-            Action::Cancel => "cancel",
-            Action::Discard => "discard",
+            TaskAction::Retry => "retry",
+            TaskAction::Cancel => "cancel",
+            TaskAction::Discard => "discard",
         }
     }
 
-    /// Its statement, and the state it moves tasks to (`$9`) where the
-    /// statement serves two actions.
+    /// What it did: `retried`, `cancelled`, `discarded`.
+    pub fn past(self) -> &'static str {
+        match self {
+            TaskAction::Retry => "retried",
+            TaskAction::Cancel => "cancelled",
+            TaskAction::Discard => "discarded",
+        }
+    }
+
+    /// The states a task must be in for the action; tasks in others are left alone.
+    pub fn applies_to(self) -> [TaskState; 2] {
+        match self {
+            TaskAction::Retry => [TaskState::Discarded, TaskState::Cancelled],
+            TaskAction::Cancel | TaskAction::Discard => [TaskState::Available, TaskState::Scheduled],
+        }
+    }
+
+    /// Its statement, and the state it moves tasks to (`$9`).
     fn sql(self) -> (&'static str, &'static str) {
         match self {
-            Action::Retry => (sql::TASK_RETRY, "available"),
-            Action::Cancel => (sql::TASK_SET_ASIDE, "cancelled"),
-            Action::Discard => (sql::TASK_SET_ASIDE, "discarded"),
+            TaskAction::Retry => (sql::TASK_RETRY, "available"),
+            TaskAction::Cancel => (sql::TASK_SET_ASIDE, "cancelled"),
+            TaskAction::Discard => (sql::TASK_SET_ASIDE, "discarded"),
         }
     }
 
-    /// The states a task must be in for the action.
-    fn allowed_states(self) -> &'static [TaskState] {
-        match self {
-            Action::Retry => &[TaskState::Discarded, TaskState::Cancelled],
-            Action::Cancel | Action::Discard => &[TaskState::Available, TaskState::Scheduled],
-        }
+    fn applies_to_list(self) -> String {
+        self.applies_to().map(|s| s.as_str()).join(" or ")
+    }
+}
+
+impl std::str::FromStr for TaskAction {
+    type Err = InvalidInput;
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        TaskAction::ALL.into_iter().find(|a| a.name() == name).ok_or_else(|| InvalidInput::Setting {
+            setting: "action",
+            reason: format!("{name:?} is not an action: retry, cancel or discard"),
+        })
+    }
+}
+
+impl std::fmt::Display for TaskAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -406,7 +449,7 @@ pub async fn retry_tasks(
     filter: &TaskFilter,
     reason: Option<&str>,
 ) -> Result<Steered, Error> {
-    bulk(pool, Action::Retry, stream, consumer, filter, reason).await
+    steer_tasks(pool, TaskAction::Retry, stream, consumer, filter, reason).await
 }
 
 /// Cancels the available and scheduled tasks `filter` selects: they will not
@@ -419,7 +462,7 @@ pub async fn cancel_tasks(
     filter: &TaskFilter,
     reason: Option<&str>,
 ) -> Result<Steered, Error> {
-    bulk(pool, Action::Cancel, stream, consumer, filter, reason).await
+    steer_tasks(pool, TaskAction::Cancel, stream, consumer, filter, reason).await
 }
 
 /// Dead-letters the available and scheduled tasks `filter` selects, as a
@@ -433,12 +476,17 @@ pub async fn discard_tasks(
     filter: &TaskFilter,
     reason: Option<&str>,
 ) -> Result<Steered, Error> {
-    bulk(pool, Action::Discard, stream, consumer, filter, reason).await
+    steer_tasks(pool, TaskAction::Discard, stream, consumer, filter, reason).await
 }
 
-async fn bulk(
+/// Applies `action` to every task of the consumer that `filter` selects
+/// and whose state allows it (see [`TaskAction::applies_to`]); a state in
+/// the filter that the action cannot take is refused before anything
+/// changes. [`retry_tasks`], [`cancel_tasks`] and [`discard_tasks`] are
+/// its three forms.
+pub async fn steer_tasks(
     pool: &PgPool,
-    action: Action,
+    action: TaskAction,
     stream: &str,
     consumer: &str,
     filter: &TaskFilter,
@@ -448,14 +496,14 @@ async fn bulk(
     if let Some(reason) = reason {
         check_text("reason", reason)?;
     }
-    if let Some(state) = filter.states.iter().find(|s| !action.allowed_states().contains(s)) {
+    if let Some(state) = filter.states.iter().find(|s| !action.applies_to().contains(s)) {
         return Err(InvalidInput::Setting {
             setting: "state",
             reason: format!(
                 "cannot {} {} tasks: only {} tasks can be",
                 action.name(),
                 state.as_str(),
-                action.allowed_states().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
+                action.applies_to_list()
             ),
         }
         .into());
@@ -496,7 +544,7 @@ pub async fn cancel_task(
     event_id: EventId,
     reason: Option<&str>,
 ) -> Result<(), Error> {
-    one(pool, Action::Cancel, stream, consumer, event_id, reason).await
+    steer_task(pool, TaskAction::Cancel, stream, consumer, event_id, reason).await
 }
 
 /// Dead-letters an available or scheduled task by hand (see
@@ -510,7 +558,7 @@ pub async fn discard_task(
     event_id: EventId,
     reason: Option<&str>,
 ) -> Result<(), Error> {
-    one(pool, Action::Discard, stream, consumer, event_id, reason).await
+    steer_task(pool, TaskAction::Discard, stream, consumer, event_id, reason).await
 }
 
 /// Retries a discarded or cancelled task by hand: available again at the end
@@ -524,19 +572,22 @@ pub async fn retry_task(
     event_id: EventId,
     reason: Option<&str>,
 ) -> Result<(), Error> {
-    one(pool, Action::Retry, stream, consumer, event_id, reason).await
+    steer_task(pool, TaskAction::Retry, stream, consumer, event_id, reason).await
 }
 
-async fn one(
+/// Applies `action` to the task of one event; a task in a state the action
+/// cannot take is [`Error::TaskState`] and nothing changes. [`retry_task`],
+/// [`cancel_task`] and [`discard_task`] are its three forms.
+pub async fn steer_task(
     pool: &PgPool,
-    action: Action,
+    action: TaskAction,
     stream: &str,
     consumer: &str,
     event_id: EventId,
     reason: Option<&str>,
 ) -> Result<(), Error> {
     let filter = TaskFilter::default().events([event_id]);
-    if !bulk(pool, action, stream, consumer, &filter, reason).await?.changed.is_empty() {
+    if !steer_tasks(pool, action, stream, consumer, &filter, reason).await?.changed.is_empty() {
         return Ok(());
     }
     // Nothing changed: say why, from the task as it is now.
@@ -547,7 +598,7 @@ async fn one(
         event_id,
         state: task.state,
         action: action.name(),
-        allowed: action.allowed_states().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or "),
+        allowed: action.applies_to_list(),
     })
 }
 
