@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine;
+use subtle::ConstantTimeEq;
 
 /// A user and password for HTTP basic auth, from `USER:PASS` (the password
 /// may itself hold colons). Its `Debug` hides the password.
@@ -32,9 +33,8 @@ impl BasicAuth {
             return false;
         };
         let expected = format!("{}:{}", self.user, self.password);
-        // Length first (it is not secret), then every byte whatever the first difference.
-        decoded.len() == expected.len()
-            && decoded.iter().zip(expected.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        // In time that does not depend on where the first difference is.
+        decoded.ct_eq(expected.as_bytes()).into()
     }
 }
 
