@@ -154,12 +154,12 @@ impl Requeue {
 /// One subscription's metric handles, registered once by `sub()`.
 pub(crate) struct Metrics {
     pub(crate) claimed: Counter,
-    pub(crate) acked: Counter,
+    acked: Counter,
     nacked_start: Counter,
     nacked_end: Counter,
     nacked_none: Counter,
     deferred: Counter,
-    pub(crate) failed: Counter,
+    failed: Counter,
     pub(crate) dead_lettered: Counter,
     pub(crate) rescued: Counter,
     pub(crate) acks_refused: Counter,
@@ -170,6 +170,9 @@ pub(crate) struct Metrics {
     pub(crate) wait: Histogram,
     pub(crate) fetch: Histogram,
     in_flight: Gauge,
+    /// The same completions and failures, readable: what the heartbeat
+    /// reports for `sluice stats`.
+    pub(crate) rates: crate::subscriber::Rates,
 }
 
 impl Metrics {
@@ -203,7 +206,21 @@ impl Metrics {
             wait: histogram!(WAIT_DURATION, &labels),
             fetch: histogram!(FETCH_DURATION, &labels),
             in_flight: gauge!(TASKS_IN_FLIGHT, &labels),
+            rates: Default::default(),
         }
+    }
+
+    /// Tasks completed by a flush of implicit acks.
+    pub(crate) fn completed(&self, tasks: usize) {
+        self.acked.increment(tasks as u64);
+        self.rates.completed(tasks);
+    }
+
+    /// A failed attempt: the handler erred, panicked, timed out, or its
+    /// payload did not deserialize.
+    pub(crate) fn failed(&self) {
+        self.failed.increment(1);
+        self.rates.failed();
     }
 
     pub(crate) fn handled(&self, outcome: Outcome, took: Duration) {
@@ -218,7 +235,7 @@ impl Metrics {
 
     pub(crate) fn settled(&self, settled: Settled) {
         match settled {
-            Settled::Acked => self.acked.increment(1),
+            Settled::Acked => self.completed(1),
             Settled::AckRefused => self.acks_refused.increment(1),
             Settled::Nacked { requeue, discarded } => {
                 match requeue {

@@ -441,7 +441,6 @@ const BULK_BATCH: i64 = 1000;
 /// println!("{} tasks retried", retried.changed.len());
 /// # Ok(()) }
 /// ```
-#[tracing::instrument(name = "sluice.retry_tasks", skip_all, fields(stream = %stream, consumer = %consumer, filter = ?filter))]
 pub async fn retry_tasks(
     pool: &PgPool,
     stream: &str,
@@ -454,7 +453,6 @@ pub async fn retry_tasks(
 
 /// Cancels the available and scheduled tasks `filter` selects: they will not
 /// run. Tasks in other states (running ones too) are left alone.
-#[tracing::instrument(name = "sluice.cancel_tasks", skip_all, fields(stream = %stream, consumer = %consumer, filter = ?filter))]
 pub async fn cancel_tasks(
     pool: &PgPool,
     stream: &str,
@@ -468,7 +466,6 @@ pub async fn cancel_tasks(
 /// Dead-letters the available and scheduled tasks `filter` selects, as a
 /// `nack` that discards would: kept for the consumer's dead retention and
 /// retriable by hand. Tasks in other states are left alone.
-#[tracing::instrument(name = "sluice.discard_tasks", skip_all, fields(stream = %stream, consumer = %consumer, filter = ?filter))]
 pub async fn discard_tasks(
     pool: &PgPool,
     stream: &str,
@@ -484,6 +481,7 @@ pub async fn discard_tasks(
 /// the filter that the action cannot take is refused before anything
 /// changes. [`retry_tasks`], [`cancel_tasks`] and [`discard_tasks`] are
 /// its three forms.
+#[tracing::instrument(name = "sluice.steer_tasks", skip_all, fields(action = %action, stream = %stream, consumer = %consumer, filter = ?filter))]
 pub async fn steer_tasks(
     pool: &PgPool,
     action: TaskAction,
@@ -536,7 +534,6 @@ pub async fn steer_tasks(
 
 /// Cancels an available or scheduled task; it will not run. Any other state
 /// is [`Error::TaskState`] and nothing changes.
-#[tracing::instrument(name = "sluice.cancel_task", skip_all, fields(stream = %stream, consumer = %consumer, event_id = %event_id))]
 pub async fn cancel_task(
     pool: &PgPool,
     stream: &str,
@@ -550,7 +547,6 @@ pub async fn cancel_task(
 /// Dead-letters an available or scheduled task by hand (see
 /// [`discard_tasks`]). Any other state is [`Error::TaskState`] and nothing
 /// changes.
-#[tracing::instrument(name = "sluice.discard_task", skip_all, fields(stream = %stream, consumer = %consumer, event_id = %event_id))]
 pub async fn discard_task(
     pool: &PgPool,
     stream: &str,
@@ -564,7 +560,6 @@ pub async fn discard_task(
 /// Retries a discarded or cancelled task by hand: available again at the end
 /// of the queue, attempts reset, its error history kept. Any other state is
 /// [`Error::TaskState`] and nothing changes.
-#[tracing::instrument(name = "sluice.retry_task", skip_all, fields(stream = %stream, consumer = %consumer, event_id = %event_id))]
 pub async fn retry_task(
     pool: &PgPool,
     stream: &str,
@@ -578,6 +573,7 @@ pub async fn retry_task(
 /// Applies `action` to the task of one event; a task in a state the action
 /// cannot take is [`Error::TaskState`] and nothing changes. [`retry_task`],
 /// [`cancel_task`] and [`discard_task`] are its three forms.
+#[tracing::instrument(name = "sluice.steer_task", skip_all, fields(action = %action, stream = %stream, consumer = %consumer, event_id = %event_id))]
 pub async fn steer_task(
     pool: &PgPool,
     action: TaskAction,

@@ -100,13 +100,12 @@ async fn flush(shared: &Shared, batch: &[Key]) -> (usize, usize) {
         match result {
             Ok(acked) => {
                 let lost = batch.len() - acked.len();
-                shared.metrics.acked.increment(acked.len() as u64);
+                shared.metrics.completed(acked.len());
                 shared.metrics.acks_refused.increment(lost as u64);
                 tracing::trace!(acked = acked.len(), ms = started.elapsed().as_secs_f64() * 1e3, "flushed acks");
                 if lost > 0 {
                     warn!(lost, "some acks came after their leases were lost; those tasks run again");
                 }
-                shared.rates.completed(acked.len());
                 shared.emit(SubscriberEvent::Flushed { acked: acked.len(), lost });
                 return (acked.len(), 0);
             }

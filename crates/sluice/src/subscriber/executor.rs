@@ -144,12 +144,7 @@ where
             }
             // Settled explicitly; with a `_tx` call the caller's commit
             // decides, and if it rolled back the task comes back.
-            Ok(Ok(Ok(()))) => {
-                if how == crate::message::ACKED {
-                    shared.rates.completed(1);
-                }
-                None
-            }
+            Ok(Ok(Ok(()))) => None,
             Ok(Ok(Err(e))) => Some((e.message().to_string(), e.is_retryable())),
             Ok(Err(panic)) => Some((format!("handler panicked: {}", panic_message(&*panic)), true)),
             Err(limit) => Some((format!("handler timed out after {limit:?}"), true)),
@@ -170,7 +165,7 @@ where
 /// comes back when its lease ends, as if the worker had died.
 pub(crate) async fn fail(shared: &Shared, key: Key, attempt: i32, error: &str, retry: bool) {
     let (event_id, lease_token) = key;
-    shared.metrics.failed.increment(1);
+    shared.metrics.failed();
     // A handler's message may hold anything; Postgres text cannot hold NUL.
     let error = error.replace('\0', "\u{FFFD}");
     let delay = shared.retry_delay(attempt).min(crate::admin::MAX_DURATION);
@@ -201,7 +196,6 @@ pub(crate) async fn fail(shared: &Shared, key: Key, attempt: i32, error: &str, r
                 if let Some(wait) = due_in_ms {
                     shared.scheduled_in(wait);
                 }
-                shared.rates.failed();
                 debug!(event_id, attempt, %state, error, "attempt failed");
                 return;
             }

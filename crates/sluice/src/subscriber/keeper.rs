@@ -86,7 +86,7 @@ pub(crate) async fn run(shared: Arc<Shared>, every: Duration, stop: Cancellation
 }
 
 async fn beat(shared: &Shared, last_minute: &mut LastMinute) -> Result<(), sqlx::Error> {
-    let (completed, failed) = last_minute.observe(&shared.rates, std::time::Instant::now());
+    let (completed, failed) = last_minute.observe(&shared.metrics.rates, std::time::Instant::now());
     let tokens = shared.registry.tokens();
     let status = if shared.stopping.load(Ordering::Relaxed) {
         "stopping"

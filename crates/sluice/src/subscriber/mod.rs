@@ -25,6 +25,8 @@ mod pace;
 
 pub(crate) use maintenance::housekeep;
 mod rates;
+
+pub(crate) use rates::Rates;
 mod registry;
 mod subscription;
 
@@ -70,8 +72,6 @@ pub(crate) struct Shared {
     backoff: Option<BackoffFn>,
     /// The tasks this worker holds.
     pub(crate) registry: Registry,
-    /// What this worker completed and failed, for its heartbeat.
-    pub(crate) rates: rates::Rates,
     /// This subscription's metric handles, registered once.
     pub(crate) metrics: Metrics,
     pub(crate) stopping: AtomicBool,
@@ -320,7 +320,6 @@ where
         backoff_max: ms_to_duration(lookup.backoff_max_ms),
         backoff: subscription.backoff.clone(),
         registry: Registry::default(),
-        rates: rates::Rates::default(),
         metrics: Metrics::new(&subscription.stream, &subscription.consumer),
         stopping: AtomicBool::new(false),
         due: Mutex::new(None),
