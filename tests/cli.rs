@@ -598,6 +598,10 @@ async fn tasks_are_listed_shown_and_steered_by_id_and_by_filter() {
     assert_eq!(eu.json("by subject")["tasks"].as_array().unwrap().len(), 5);
     let old = run_with_url(url, &["--json", "tasks", "list", "orders", "billing", "--older-than", "1h"]).await;
     assert_eq!(old.json("older than an hour")["tasks"].as_array().unwrap().len(), 0);
+    let six = run_with_url(url, &["--json", "tasks", "list", "orders", "billing", "--payload", r#"{"n": 6}"#]).await;
+    let six: Vec<i64> =
+        six.json("by payload")["tasks"].as_array().unwrap().iter().map(|t| t["event_id"].as_i64().unwrap()).collect();
+    assert_eq!(six, [ids[6].0], "only the event whose payload has n = 6");
 
     let id = ids[0].0.to_string();
     let shown = run_with_url(url, &["--json", "tasks", "show", "orders", "billing", &id]).await.json("show");
@@ -767,6 +771,8 @@ async fn bad_input_exits_1_with_one_line_and_changes_nothing() {
         (&["tasks", "list", "orders", "billing", "--subject", "a.>.b"], "invalid subject pattern"),
         (&["tasks", "list", "orders", "billing", "--older-than", "old"], "invalid --older-than \"old\""),
         (&["tasks", "list", "orders", "billing", "--after", "page2"], "not a cursor"),
+        (&["tasks", "list", "orders", "billing", "--payload", "{n: 6}"], "invalid --payload \"{n: 6}\": not JSON"),
+        (&["tasks", "list", "orders", "billing", "--metadata", r#"{"n": 6}"#], "metadata_contains"),
         (&["tasks", "list", "orders", "billing", "--limit", "0"], "invalid limit"),
         (&["tasks", "retry", "orders", "billing", "--state", "discarded", "--subject", "a.>.b", "--yes"], "pattern"),
         (&["tasks", "show", "orders", "billing", "42"], "has no task for event 42"),

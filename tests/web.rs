@@ -227,6 +227,15 @@ async fn tasks_are_listed_by_state_subject_and_age_and_paged_by_cursor() {
     assert!(old.body.contains("No tasks match."), "{}", old.body);
     let recent = get(&app, &format!("{BILLING}/tasks?older_than=0s&state=scheduled")).await;
     assert_eq!(count(&recent.body, "badge scheduled"), 2, "{}", recent.body);
+    // JSON containment: {"n": 1} is in one EU and one US payload; the US one by subject too.
+    let ones = get(&app, &format!("{BILLING}/tasks?payload=%7B%22n%22%3A+1%7D")).await;
+    assert_eq!(count(&ones.body, "badge discarded"), 2, "{}", ones.body);
+    let us_one = get(&app, &format!("{BILLING}/tasks?payload=%7B%22n%22%3A+1%7D&subject=orders.us.%3E")).await;
+    assert!(us_one.body.contains(&format!(r#"href="{BILLING}/tasks/{}""#, ids[4])), "{}", us_one.body);
+    assert_eq!(count(&us_one.body, "badge discarded"), 1, "{}", us_one.body);
+    let tenant = get(&app, &format!("{BILLING}/tasks?metadata=%7B%22tenant%22%3A%22%3Cacme%3E%22%7D")).await;
+    assert_eq!(count(&tenant.body, "badge discarded"), 1, "{}", tenant.body);
+    assert!(tenant.body.contains(&format!(r#"href="{BILLING}/tasks/{}""#, ids[0])), "{}", tenant.body);
 
     // Past one page (50), a cursor link leads on; every task once, in event order.
     let events = (0..60).map(|i| {
@@ -279,6 +288,15 @@ async fn bad_filters_are_shown_next_to_their_fields_and_change_nothing() {
     // htmx is told to show error pages: by default it drops 4xx responses.
     assert!(page.body.contains(r#"&quot;code&quot;:&quot;...&quot;,&quot;swap&quot;:true"#), "{}", page.body);
     assert_eq!(count(&page.body, "badge discarded"), 0, "nothing listed");
+
+    let json = get(&app, &format!("{BILLING}/tasks?payload=%7Bn%7D&metadata=%7B%22n%22%3A1%7D")).await;
+    assert_eq!(json.status, 400, "{}", json.body);
+    assert!(json.body.contains(r#"id="error-payload">not JSON"#), "{}", json.body);
+    assert!(json.body.contains(r#"id="error-metadata">invalid metadata_contains"#), "{}", json.body);
+    let hidden = sluice_web::router(WebState::new(db.pool.clone()).hide_payloads(true));
+    let guess = get(&hidden, &format!("{BILLING}/tasks?payload=%7B%22n%22%3A1%7D")).await;
+    assert_eq!(guess.status, 400, "no guessing hidden payloads: {}", guess.body);
+    assert!(!guess.body.contains(r#"name="payload""#), "no payload field when payloads are hidden");
 
     let cursor = get(&app, &format!("{BILLING}/tasks?after=yesterday")).await;
     assert_eq!(cursor.status, 400);
@@ -394,7 +412,7 @@ async fn every_matching_task_is_steered_after_a_confirmation_with_the_count() {
     let app = sluice_web::router(state);
 
     let list = get(&app, &format!("{BILLING}/tasks?state=discarded&subject=orders.eu.%2A")).await;
-    let confirm_path = format!("{BILLING}/bulk/retry?state=discarded&amp;subject=orders.eu.*&amp;older_than=");
+    let confirm_path = format!("{BILLING}/bulk/retry?state=discarded&amp;subject=orders.eu.*");
     assert!(list.body.contains(&confirm_path), "{}", list.body);
 
     let confirm = get(&app, &confirm_path.replace("&amp;", "&")).await;
@@ -557,7 +575,7 @@ async fn the_tasks_page_leads_to_a_consumers_tasks_with_the_filter() {
     let chosen = get(&app, "/tasks?consumer=orders%2Fbilling&state=discarded&subject=orders.us.%2A").await;
     assert_eq!(chosen.status, 303, "{}", chosen.body);
     let target = chosen.location.unwrap();
-    assert_eq!(target, format!("{BILLING}/tasks?state=discarded&subject=orders.us.*&older_than="));
+    assert_eq!(target, format!("{BILLING}/tasks?state=discarded&subject=orders.us.*"));
     let list = get(&app, &target).await;
     assert_eq!(count(&list.body, "badge discarded"), 2, "{}", list.body);
 

@@ -30,6 +30,12 @@ struct Filter {
     /// Only tasks made longer ago than this, e.g. 1h.
     #[arg(long, value_name = "DURATION")]
     older_than: Option<String>,
+    /// Only tasks whose event's payload contains this JSON (Postgres `@>`), e.g. '{"customer":"c-42"}'.
+    #[arg(long, value_name = "JSON")]
+    payload: Option<String>,
+    /// Only tasks whose event's metadata has these entries, e.g. '{"tenant":"eu"}'.
+    #[arg(long, value_name = "JSON")]
+    metadata: Option<String>,
 }
 
 impl Filter {
@@ -44,8 +50,18 @@ impl Filter {
         if let Some(d) = &self.older_than {
             f = f.older_than(output::parse_duration("--older-than", d)?);
         }
+        if let Some(json) = &self.payload {
+            f = f.payload_contains(parse_json("--payload", json)?);
+        }
+        if let Some(json) = &self.metadata {
+            f = f.metadata_contains(parse_json("--metadata", json)?);
+        }
         Ok(f)
     }
+}
+
+fn parse_json(flag: &str, text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| anyhow::anyhow!("invalid {flag} {text:?}: not JSON ({e})"))
 }
 
 #[derive(Debug, Args)]
@@ -55,7 +71,7 @@ struct Steer {
     /// The consumer.
     consumer: String,
     /// The tasks' event ids; or select them with --state and the other filters.
-    #[arg(value_name = "EVENT_ID", required_unless_present = "state", conflicts_with_all = ["state", "subject", "older_than"])]
+    #[arg(value_name = "EVENT_ID", required_unless_present = "state", conflicts_with_all = ["state", "subject", "older_than", "payload", "metadata"])]
     event_ids: Vec<i64>,
     #[command(flatten)]
     filter: Filter,

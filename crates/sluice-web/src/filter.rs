@@ -10,13 +10,22 @@ use sluice::{TaskFilter, TaskState};
 /// The states a filter offers, in the queue's order.
 pub(crate) const STATES: [&str; 6] = ["scheduled", "available", "running", "completed", "discarded", "cancelled"];
 
+const HIDDEN: &str = "this dashboard hides payloads and metadata, so it does not match on them either";
+
 /// The filter's fields as typed; empty means "any".
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub(crate) struct FilterForm {
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub state: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub subject: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub older_than: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub payload: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub metadata: String,
 }
 
 /// A filter checked: the library's filter, or an error per field.
@@ -26,7 +35,9 @@ pub(crate) struct Checked {
 }
 
 impl FilterForm {
-    pub(crate) fn check(&self) -> Checked {
+    /// Checks every field. With payloads hidden, a payload or metadata
+    /// match is refused: it would reveal them a guess at a time.
+    pub(crate) fn check(&self, hide_payloads: bool) -> Checked {
         let mut filter = TaskFilter::default();
         let mut errors = BTreeMap::new();
         let state = self.state.trim();
@@ -59,10 +70,42 @@ impl FilterForm {
                 }
             }
         }
+        let payload = self.payload.trim();
+        if !payload.is_empty() && hide_payloads {
+            errors.insert("payload", HIDDEN.to_string());
+        } else if !payload.is_empty() {
+            match serde_json::from_str(payload) {
+                Ok(json) => filter = filter.payload_contains(json),
+                Err(e) => {
+                    errors.insert("payload", format!("not JSON ({e}); write e.g. {{\"customer\": \"c-42\"}}"));
+                }
+            }
+        }
+        let metadata = self.metadata.trim();
+        if !metadata.is_empty() && hide_payloads {
+            errors.insert("metadata", HIDDEN.to_string());
+        } else if !metadata.is_empty() {
+            match serde_json::from_str(metadata) {
+                Ok(json) => {
+                    // Only the metadata can be wrong here: the rest was added checked.
+                    let with = filter.clone().metadata_contains(json);
+                    match with.validate() {
+                        Ok(()) => filter = with,
+                        Err(e) => {
+                            errors.insert("metadata", e.to_string());
+                        }
+                    }
+                }
+                Err(e) => {
+                    errors.insert("metadata", format!("not JSON ({e}); write e.g. {{\"tenant\": \"eu\"}}"));
+                }
+            }
+        }
         Checked { filter, errors }
     }
 
-    /// The query string that selects the same tasks (without a leading `?`).
+    /// The query string that selects the same tasks (without a leading `?`;
+    /// empty fields left out).
     pub(crate) fn query(&self) -> String {
         serde_urlencoded::to_string(self).unwrap_or_default()
     }
@@ -79,6 +122,12 @@ impl FilterForm {
         if !self.older_than.trim().is_empty() {
             parts.push(format!("older than {}", self.older_than.trim()));
         }
+        if !self.payload.trim().is_empty() {
+            parts.push(format!("payload containing {}", self.payload.trim()));
+        }
+        if !self.metadata.trim().is_empty() {
+            parts.push(format!("metadata containing {}", self.metadata.trim()));
+        }
         if parts.is_empty() {
             "every task".to_string()
         } else {
@@ -92,11 +141,14 @@ impl FilterForm {
             input type="hidden" name="state" value=(self.state);
             input type="hidden" name="subject" value=(self.subject);
             input type="hidden" name="older_than" value=(self.older_than);
+            input type="hidden" name="payload" value=(self.payload);
+            input type="hidden" name="metadata" value=(self.metadata);
         }
     }
 
     /// The filter's fields as a form, each error next to its field.
-    pub(crate) fn fields(&self, errors: &BTreeMap<&'static str, String>) -> Markup {
+    /// With payloads hidden there are no payload and metadata fields.
+    pub(crate) fn fields(&self, errors: &BTreeMap<&'static str, String>, hide_payloads: bool) -> Markup {
         let error = |name: &str| errors.get(name).map(|e| html! { span.field-error id={ "error-" (name) } { (e) } });
         html! {
             label { "State "
@@ -117,6 +169,18 @@ impl FilterForm {
                 input type="text" name="older_than" value=(self.older_than) placeholder="15m, 2h, 1day" size="8";
                 @if let Some(e) = error("older_than") { (e) }
             }
+            @if !hide_payloads {
+                label { "Payload contains "
+                    input type="text" name="payload" value=(self.payload) placeholder=r#"{"customer": "c-42"}"# size="22";
+                    @if let Some(e) = error("payload") { (e) }
+                }
+                label { "Metadata contains "
+                    input type="text" name="metadata" value=(self.metadata) placeholder=r#"{"tenant": "eu"}"# size="18";
+                    @if let Some(e) = error("metadata") { (e) }
+                }
+            } @else if let Some(e) = error("payload").or_else(|| error("metadata")) {
+                (e)
+            }
         }
     }
 }
@@ -126,12 +190,37 @@ mod tests {
     use super::FilterForm;
 
     fn form(state: &str, subject: &str, older_than: &str) -> FilterForm {
-        FilterForm { state: state.into(), subject: subject.into(), older_than: older_than.into() }
+        FilterForm {
+            state: state.into(),
+            subject: subject.into(),
+            older_than: older_than.into(),
+            ..FilterForm::default()
+        }
+    }
+
+    fn matching(payload: &str, metadata: &str) -> FilterForm {
+        FilterForm { payload: payload.into(), metadata: metadata.into(), ..FilterForm::default() }
+    }
+
+    #[test]
+    fn payload_and_metadata_must_be_json_and_metadata_strings() {
+        let checked = matching("{\"customer\":", "[\"eu\"]").check(false);
+        assert!(checked.errors["payload"].starts_with("not JSON"), "{:?}", checked.errors);
+        assert!(checked.errors["metadata"].contains("metadata_contains"), "{:?}", checked.errors);
+        assert_eq!(matching("", "{\"tenant\": 1}").check(false).errors.len(), 1);
+        let good = matching("{\"customer\": \"c-42\"}", "{\"tenant\": \"eu\"}").check(false);
+        assert!(good.errors.is_empty(), "{:?}", good.errors);
+        let expected = sluice::TaskFilter::default()
+            .payload_contains(serde_json::json!({"customer": "c-42"}))
+            .metadata_contains(serde_json::json!({"tenant": "eu"}));
+        assert_eq!(good.filter, expected);
+        let hidden = matching("{}", "{}").check(true);
+        assert_eq!(hidden.errors.keys().copied().collect::<Vec<_>>(), ["metadata", "payload"]);
     }
 
     #[test]
     fn each_bad_field_has_its_own_error() {
-        let checked = form("dead", "a.>.b", "soon").check();
+        let checked = form("dead", "a.>.b", "soon").check(false);
         let fields: Vec<_> = checked.errors.keys().copied().collect();
         assert_eq!(fields, ["older_than", "state", "subject"]);
         assert!(checked.errors["state"].contains("\"dead\""), "{:?}", checked.errors);
@@ -141,12 +230,12 @@ mod tests {
 
     #[test]
     fn good_fields_make_the_filter() {
-        let checked = form("discarded", "orders.*.created", "2h").check();
+        let checked = form("discarded", "orders.*.created", "2h").check(false);
         assert!(checked.errors.is_empty(), "{:?}", checked.errors);
         assert_eq!(checked.filter.states(), [sluice::TaskState::Discarded]);
-        let all = form("", " ", "").check();
+        let all = form("", " ", "").check(false);
         assert!(all.errors.is_empty());
         assert_eq!(all.filter, sluice::TaskFilter::default());
-        assert_eq!(form("discarded", "a.>", "").query(), "state=discarded&subject=a.%3E&older_than=");
+        assert_eq!(form("discarded", "a.>", "").query(), "state=discarded&subject=a.%3E");
     }
 }

@@ -40,7 +40,7 @@ pub(crate) async fn page(
 async fn list(state: &WebState, stream: &str, name: &str, form: &FilterForm, after: &str) -> PageResult {
     sluice::get_consumer(state.pool(), stream, name).await?;
     let path = consumer_path(stream, name);
-    let checked = form.check();
+    let checked = form.check(state.payloads_hidden());
     let mut errors = checked.errors;
     let after = after.trim();
     if !after.is_empty() && after.parse::<u64>().is_err() {
@@ -56,7 +56,7 @@ async fn list(state: &WebState, stream: &str, name: &str, form: &FilterForm, aft
     let content = html! {
         h1 { "Tasks of " a href=(state.href(&path)) { (name) } " (stream " (stream) ")" }
         form.filters method="get" action=(state.href(&format!("{path}/tasks"))) {
-            (form.fields(&errors))
+            (form.fields(&errors, state.payloads_hidden()))
             button type="submit" { "Filter" }
             " " a href=(state.href(&format!("{path}/tasks"))) { "clear" }
         }
@@ -149,7 +149,7 @@ pub(crate) async fn confirm(
 async fn confirmation(state: &WebState, stream: &str, name: &str, action: &str, form: &FilterForm) -> PageResult {
     let action = parse_action(action)?;
     sluice::get_consumer(state.pool(), stream, name).await?;
-    let checked = form.check();
+    let checked = form.check(state.payloads_hidden());
     if !checked.errors.is_empty() {
         return list(state, stream, name, form, "").await;
     }
@@ -201,7 +201,7 @@ pub(crate) async fn act_on_all(
 
 async fn bulk(state: &WebState, stream: &str, name: &str, action: &str, form: &BulkForm) -> PageResult {
     let action = parse_action(action)?;
-    let checked = form.filter.check();
+    let checked = form.filter.check(state.payloads_hidden());
     if !checked.errors.is_empty() {
         return list(state, stream, name, &form.filter, "").await;
     }
@@ -264,7 +264,7 @@ async fn picker(state: &WebState, query: &PickQuery) -> PageResult {
                     }
                     @if let Some(e) = errors.get("consumer") { span.field-error #error-consumer { (e) } }
                 }
-                (query.filter.fields(&query.filter.check().errors))
+                (query.filter.fields(&query.filter.check(state.payloads_hidden()).errors, state.payloads_hidden()))
                 button type="submit" { "Show tasks" }
             }
         }

@@ -198,6 +198,10 @@ pub async fn task_log(
 ///     .state(TaskState::Discarded)
 ///     .subject("orders.eu.>")
 ///     .older_than(Duration::from_secs(3600));
+/// // The tasks of one customer's events from the EU shop.
+/// let customer = TaskFilter::default()
+///     .payload_contains(serde_json::json!({"customer": "c-42"}))
+///     .metadata_contains(serde_json::json!({"shop": "eu"}));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskFilter {
@@ -205,6 +209,8 @@ pub struct TaskFilter {
     states: Vec<TaskState>,
     subject: Option<String>,
     older_than: Option<Duration>,
+    payload: Option<serde_json::Value>,
+    metadata: Option<serde_json::Value>,
 }
 
 impl TaskFilter {
@@ -235,9 +241,37 @@ impl TaskFilter {
         self
     }
 
+    /// Only tasks whose event's payload contains this JSON, as Postgres's
+    /// `@>` defines it: an object matches when it has these keys with
+    /// values that contain the given ones (`{"customer": "c-42"}`), an
+    /// array when it holds these elements, a scalar when it is equal.
+    /// No index serves it: it reads every candidate's payload, so narrow
+    /// with a state or subject on a large backlog.
+    pub fn payload_contains(mut self, json: serde_json::Value) -> Self {
+        self.payload = Some(json);
+        self
+    }
+
+    /// Only tasks whose event's metadata has these entries. Metadata is a
+    /// map of strings, so `json` must be an object of strings
+    /// (`{"tenant": "eu"}`); anything else is an
+    /// [`InvalidInput::Setting`] error when the filter is used.
+    pub fn metadata_contains(mut self, json: serde_json::Value) -> Self {
+        self.metadata = Some(json);
+        self
+    }
+
     /// The states it takes (all when empty).
     pub fn states(&self) -> &[TaskState] {
         &self.states
+    }
+
+    /// Checks the filter as listing with it would: a bad subject pattern,
+    /// an age too large, or metadata that is not an object of strings is
+    /// an [`Error::InvalidInput`] naming the setting. For forms that show
+    /// each field's error before anything runs.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.check()
     }
 
     fn check(&self) -> Result<(), Error> {
@@ -247,11 +281,24 @@ impl TaskFilter {
         if let Some(age) = self.older_than {
             crate::admin::duration_ms("older_than", age)?;
         }
+        if let Some(metadata) = &self.metadata {
+            let strings = metadata.as_object().is_some_and(|map| map.values().all(serde_json::Value::is_string));
+            if !strings {
+                return Err(InvalidInput::Setting {
+                    setting: "metadata_contains",
+                    reason: format!(
+                        "{metadata} is not an object of strings: metadata maps names to strings, \
+                         so match it with one like {{\"tenant\": \"eu\"}}"
+                    ),
+                }
+                .into());
+            }
+        }
         Ok(())
     }
 }
 
-/// Binds a filter's `$2..$6` (task_filter.sql) after the consumer id `$1`.
+/// Binds a filter's `$2..$8` (task_filter.sql) after the consumer id `$1`.
 macro_rules! bind_filter {
     ($query:expr, $consumer_id:expr, $filter:expr, $after:expr) => {
         $query
@@ -260,6 +307,8 @@ macro_rules! bind_filter {
             .bind((!$filter.states.is_empty()).then(|| $filter.states.iter().map(|s| s.as_str()).collect::<Vec<_>>()))
             .bind($filter.subject.as_deref())
             .bind($filter.older_than.map(|d| d.as_millis() as i64))
+            .bind($filter.payload.as_ref().map(sqlx::types::Json))
+            .bind($filter.metadata.as_ref().map(sqlx::types::Json))
             .bind($after)
     };
 }
@@ -395,7 +444,7 @@ impl TaskAction {
         }
     }
 
-    /// Its statement, and the state it moves tasks to (`$9`).
+    /// Its statement, and the state it moves tasks to (`$11`).
     fn sql(self) -> (&'static str, &'static str) {
         match self {
             TaskAction::Retry => (sql::TASK_RETRY, "available"),

@@ -1,15 +1,15 @@
--- Retries by hand up to $7 discarded or cancelled tasks the filter selects
+-- Retries by hand up to $9 discarded or cancelled tasks the filter selects
 -- (task_filter.sql), in event id order: available again at the end of the
--- queue (state $9, `available`), attempts reset (their error history
--- kept), logged with reason $8.
+-- queue (state $11, `available`), attempts reset (their error history
+-- kept), logged with reason $10.
 -- A task whose state changed meanwhile is left alone (the update re-checks
 -- it under its row lock). Returns the event ids retried.
 , target AS MATERIALIZED (
-    SELECT event_id FROM matching WHERE state IN ('discarded', 'cancelled') ORDER BY event_id LIMIT $7
+    SELECT event_id FROM matching WHERE state IN ('discarded', 'cancelled') ORDER BY event_id LIMIT $9
 ),
 retried AS (
     UPDATE sluice.tasks t
-    SET state = $9::text::sluice.task_state, attempt = 0, finished_at = NULL, schedule_at = NULL,
+    SET state = $11::text::sluice.task_state, attempt = 0, finished_at = NULL, schedule_at = NULL,
         position = nextval('sluice.event_id')
     WHERE t.consumer_id = $1 AND t.event_id = ANY (ARRAY(SELECT event_id FROM target))
       AND t.state IN ('discarded', 'cancelled')
@@ -17,7 +17,7 @@ retried AS (
 ),
 logged AS (
     INSERT INTO sluice.task_log (consumer_id, event_id, attempt, action, reason, priority)
-    SELECT consumer_id, event_id, attempt, 'retried', $8, priority FROM retried
+    SELECT consumer_id, event_id, attempt, 'retried', $10, priority FROM retried
 ),
 woken AS (
     SELECT pg_notify('sluice.' || c.stream_id, '') FROM sluice.consumers c

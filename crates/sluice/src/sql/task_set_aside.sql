@@ -1,22 +1,22 @@
--- Sets aside by hand up to $7 available or scheduled tasks the filter
--- selects (task_filter.sql), in event id order, with reason $8: to state $9,
+-- Sets aside by hand up to $9 available or scheduled tasks the filter
+-- selects (task_filter.sql), in event id order, with reason $10: to state $11,
 -- `cancelled` (they will not run) or `discarded` (dead letters, as a
 -- nack(discard) leaves them: kept for the consumer's dead retention and
 -- retriable by hand). The task log names the same action. A task whose
 -- state changed meanwhile (claimed, say) is left alone: the update
 -- re-checks it under its row lock. Returns the event ids set aside.
 , target AS MATERIALIZED (
-    SELECT event_id FROM matching WHERE state IN ('available', 'scheduled') ORDER BY event_id LIMIT $7
+    SELECT event_id FROM matching WHERE state IN ('available', 'scheduled') ORDER BY event_id LIMIT $9
 ),
 set_aside AS (
     UPDATE sluice.tasks t
-    SET state = $9::text::sluice.task_state, finished_at = now(), schedule_at = NULL
+    SET state = $11::text::sluice.task_state, finished_at = now(), schedule_at = NULL
     WHERE t.consumer_id = $1 AND t.event_id = ANY (ARRAY(SELECT event_id FROM target))
       AND t.state IN ('available', 'scheduled')
     RETURNING t.consumer_id, t.event_id, t.attempt, t.priority
 ),
 logged AS (
     INSERT INTO sluice.task_log (consumer_id, event_id, attempt, action, reason, priority)
-    SELECT consumer_id, event_id, attempt, $9::text::sluice.task_action, $8, priority FROM set_aside
+    SELECT consumer_id, event_id, attempt, $11::text::sluice.task_action, $10, priority FROM set_aside
 )
 SELECT event_id FROM set_aside ORDER BY event_id
