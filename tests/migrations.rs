@@ -532,12 +532,13 @@ async fn down_drops_only_the_functions_that_need_the_reverted_migration() {
     assert_schema_present(&db.pool).await;
 }
 
-/// Migration 7 adds columns the heartbeat writes: a worker role granted the
-/// heartbeat's columns one by one (docs/SECURITY.md) gets the new ones, or
-/// its heartbeats would fail after the upgrade.
+/// Migrations 7 and 8 add columns and a table the heartbeat writes: a
+/// worker role granted the heartbeat's columns one by one (docs/SECURITY.md)
+/// gets the new ones, or its heartbeats would fail after the upgrade.
 #[tokio::test]
-async fn the_worker_rates_migration_extends_column_grants_on_the_heartbeat() {
+async fn the_worker_rates_migrations_extend_column_grants_on_the_heartbeat() {
     let db = TestDb::new().await;
+    sluice::migrate_down(&db.pool, sluice::Steps::One).await.expect("down to 7");
     sluice::migrate_down(&db.pool, sluice::Steps::One).await.expect("down to 6");
     let role = format!("sluice_hb_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(&format!("CREATE ROLE \"{role}\"")).execute(&db.pool).await.unwrap();
@@ -545,10 +546,12 @@ async fn the_worker_rates_migration_extends_column_grants_on_the_heartbeat() {
         .execute(&db.pool)
         .await
         .unwrap();
-    sluice::migrate(&db.pool).await.expect("up to 7");
-    let may: (bool, bool) = sqlx::query_as(
+    sluice::migrate(&db.pool).await.expect("up to 8");
+    let may: (bool, bool, bool, bool) = sqlx::query_as(
         "SELECT has_column_privilege($1, 'sluice.workers', 'completed_last_minute', 'UPDATE'),
-                has_column_privilege($1, 'sluice.workers', 'failed_last_minute', 'UPDATE')",
+                has_column_privilege($1, 'sluice.workers', 'failed_last_minute', 'UPDATE'),
+                has_table_privilege($1, 'sluice.throughput', 'SELECT, INSERT, DELETE'),
+                has_column_privilege($1, 'sluice.throughput', 'completed', 'UPDATE')",
     )
     .bind(&role)
     .fetch_one(&db.pool)
@@ -556,5 +559,5 @@ async fn the_worker_rates_migration_extends_column_grants_on_the_heartbeat() {
     .unwrap();
     sqlx::query(&format!("DROP OWNED BY \"{role}\"")).execute(&db.pool).await.unwrap();
     sqlx::query(&format!("DROP ROLE \"{role}\"")).execute(&db.pool).await.unwrap();
-    assert_eq!(may, (true, true));
+    assert_eq!(may, (true, true, true, true));
 }

@@ -668,3 +668,74 @@ async fn a_position_reset_names_what_it_replays_before_it_moves() {
     assert_eq!(lag(&db).await, 7, "the stream's events are ahead of the consumer again");
     assert_eq!(get(&app, "/streams/orders/consumers/nope/reset?to=now").await.status, 404);
 }
+
+/// Completed and failed tasks (of the consumer, of every consumer) over
+/// the last hour.
+async fn hour(db: &TestDb, consumer: Option<&str>) -> (i64, i64) {
+    let minutes = sluice::throughput(&db.pool, consumer.map(|_| "orders"), consumer, 60).await.unwrap();
+    assert_eq!(minutes.len(), 60, "one entry a minute");
+    (minutes.iter().map(|m| m.completed).sum(), minutes.iter().map(|m| m.failed).sum())
+}
+
+/// The throughput history behind the chart: a worker's completions and
+/// failures reach it with its heartbeats, and its last ones when it stops
+/// (before its first heartbeat here); the overview and the consumer page
+/// chart the hour.
+#[tokio::test]
+async fn the_last_hours_completions_and_failures_are_charted() {
+    let db = TestDb::new().await;
+    sluice::create_stream(&db.pool, "orders", StreamOptions::default()).await.unwrap();
+    sluice::create_consumer(&db.pool, "orders", "billing", ConsumerOptions::default().max_attempts(1)).await.unwrap();
+    sluice::create_consumer(&db.pool, "orders", "audit", ConsumerOptions::default().include(["nothing.>"]))
+        .await
+        .unwrap();
+    let events = (0..10).map(|i| NewEvent::new(if i < 7 { "orders.eu.ok" } else { "orders.eu.fail" }, &i).unwrap());
+    sluice::publish_batch(&db.pool, "orders", events).await.unwrap();
+    let handler = |msg: Message<serde_json::Value>| async move {
+        if msg.subject().ends_with(".fail") {
+            Err(HandlerError::discard("the tax table is missing"))
+        } else {
+            Ok(())
+        }
+    };
+    let quiet =
+        Subscription::new("orders", "billing").heartbeat(Duration::from_secs(300)).dead_after(Duration::from_secs(900));
+    let handle = sluice::sub(&db.pool, quiet, handler).await.unwrap();
+    support::wait_until(Duration::from_secs(30), "7 completed, 3 dead letters", || async {
+        states(&db).await == [("discarded".to_string(), 3)]
+    })
+    .await;
+    assert_eq!(hour(&db, Some("billing")).await, (0, 0), "no heartbeat yet");
+    handle.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(hour(&db, Some("billing")).await, (7, 3), "the worker's last word");
+
+    let beating = Subscription::new("orders", "billing").heartbeat(Duration::from_millis(200));
+    let handle = sluice::sub(&db.pool, beating, handler).await.unwrap();
+    let events = (0..5).map(|i| NewEvent::new("orders.us.ok", &i).unwrap());
+    sluice::publish_batch(&db.pool, "orders", events).await.unwrap();
+    support::wait_until(Duration::from_secs(30), "5 more through heartbeats", || async {
+        hour(&db, Some("billing")).await == (12, 3)
+    })
+    .await;
+    assert_eq!(hour(&db, Some("audit")).await, (0, 0), "another consumer's history is its own");
+    assert_eq!(hour(&db, None).await, (12, 3));
+
+    let app = app(&db);
+    for path in ["/", BILLING] {
+        let page = get(&app, path).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(page.body.contains(r#"<strong class="completed-total">12</strong>"#), "{path}: {}", page.body);
+        assert!(page.body.contains(r#"<strong class="failed-total">3</strong>"#), "{path}: {}", page.body);
+    }
+    let audit = get(&app, "/streams/orders/consumers/audit").await;
+    assert!(audit.body.contains(r#"<strong class="completed-total">0</strong>"#), "{}", audit.body);
+    handle.shutdown(Duration::from_secs(5)).await;
+
+    // Bad input: named errors.
+    let no_stream = sluice::throughput(&db.pool, None, Some("billing"), 60).await.unwrap_err();
+    assert!(no_stream.to_string().contains("give the stream too"), "{no_stream}");
+    let too_long = sluice::throughput(&db.pool, None, None, 0).await.unwrap_err();
+    assert!(too_long.to_string().contains("invalid minutes: 0 is outside 1..=1440"), "{too_long}");
+    let unknown = sluice::throughput(&db.pool, Some("orders"), Some("nosuch"), 60).await.unwrap_err();
+    assert!(unknown.to_string().contains("consumer \"nosuch\""), "{unknown}");
+}

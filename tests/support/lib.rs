@@ -204,7 +204,7 @@ where
 
 /// Sluice's tables right after migrating (partitions made ahead of the
 /// next transaction id, `events_<txid>`, left out), as [`sluice_tables`] lists them.
-pub const SLUICE_TABLES: [&str; 12] = [
+pub const SLUICE_TABLES: [&str; 13] = [
     "_functions",
     "_migrations",
     "consumers",
@@ -216,6 +216,7 @@ pub const SLUICE_TABLES: [&str; 12] = [
     "streams",
     "task_log",
     "tasks",
+    "throughput",
     "workers",
 ];
 

@@ -18,6 +18,7 @@ async fn view(state: &WebState, stream: &str, name: &str) -> PageResult {
     let consumer = sluice::get_consumer(state.pool(), stream, name).await?;
     let stats = sluice::queue_stats(state.pool(), Some(stream), Some(name)).await?;
     let workers = sluice::list_workers(state.pool(), Some(stream), Some(name)).await?;
+    let hour = sluice::throughput(state.pool(), Some(stream), Some(name), crate::chart::MINUTES).await?;
     let path = consumer_path(stream, name);
     let s = stats.consumers.into_iter().find(|s| s.stream == stream && s.consumer == name);
     let content = html! {
@@ -45,6 +46,8 @@ async fn view(state: &WebState, stream: &str, name: &str) -> PageResult {
                     tr { th { "oldest available task" } td { @if let Some(at) = s.oldest_available_at { (layout::ago(at)) } @else { "—" } } }
                     tr { th { "completed / failed in the last minute" } td { (s.completed_last_minute) " / " (s.failed_last_minute) } }
                 }
+                h2 { "Throughput" }
+                (crate::chart::throughput("throughput", &hour))
                 h2 { "Tasks by state" }
                 table #tasks-by-state {
                     tr {

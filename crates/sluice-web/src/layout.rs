@@ -21,6 +21,8 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#fff;border:1px solid #e2e5ea;padding:.6rem;overflow:auto;max-height:30rem}
 form.inline{display:inline}button{cursor:pointer}
 .filters label{margin-right:.8rem;display:inline-block;vertical-align:top}
+figure.chart{margin:.3rem 0 1.2rem;background:#fff;padding:.5rem;display:inline-block}
+figure.chart figcaption{font-size:.9em;margin-bottom:.3rem}
 "#;
 
 const HTMX_CONFIG: &str = r#"{"responseHandling":[{"code":"204","swap":false},{"code":"...","swap":true}]}"#;

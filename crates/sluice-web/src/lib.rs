@@ -31,6 +31,7 @@ use axum::Router;
 use sqlx::PgPool;
 
 mod assets;
+mod chart;
 mod consumer;
 mod csrf;
 mod error;

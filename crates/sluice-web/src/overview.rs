@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use maud::{html, Markup};
 use sluice::ConsumerStats;
 
+use crate::chart;
 use crate::error::{render, PageResult};
 use crate::layout::{self, consumer_path, seg};
 use crate::WebState;
@@ -18,6 +19,7 @@ pub(crate) async fn page(State(state): State<WebState>) -> Response {
 async fn overview(state: &WebState) -> PageResult {
     let streams = sluice::list_streams(state.pool()).await?;
     let stats = sluice::queue_stats(state.pool(), None, None).await?;
+    let hour = sluice::throughput(state.pool(), None, None, chart::MINUTES).await?;
     let c = &stats.consumers;
     let sum = |f: fn(&ConsumerStats) -> i64| c.iter().map(f).sum::<i64>();
     let dead = sum(|s| s.discarded);
@@ -29,6 +31,8 @@ async fn overview(state: &WebState) -> PageResult {
                 strong #dead-letters { (dead) }
                 @if dead > 0 { " (discarded tasks; open a consumer's dead letters below to retry them)" }
             }
+            h2 { "Throughput" }
+            (chart::throughput("throughput", &hour))
             h2 { "Tasks by state" }
             table #tasks-by-state {
                 tr { th { "scheduled" } th { "available" } th { "running" } th { "completed" } th { "discarded" } th { "cancelled" } }

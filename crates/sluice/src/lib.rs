@@ -65,8 +65,8 @@ pub use migrate::{migrate, migrate_down, migration_status, MigrationStatus, Step
 pub use pooler::{pooling, set_pooling, Db, Pooling};
 pub use publish::{publish, publish_batch, set_notify_interval, NewEvent, MAX_PAYLOAD_BYTES, NOTIFY_INTERVAL};
 pub use stats::{
-    database_health, queue_stats, storage_stats, ConsumerStats, DatabaseHealth, QueueStats, StorageStats, TableStats,
-    XminHolder,
+    database_health, queue_stats, storage_stats, throughput, ConsumerStats, DatabaseHealth, Minute, QueueStats,
+    StorageStats, TableStats, XminHolder, THROUGHPUT_KEPT_MINUTES,
 };
 pub use subject::{check_pattern, check_subject, subject_matches};
 pub use subscriber::{sub, BackoffFn, ShutdownReport, SubscriberEvent, SubscriberHandle, Subscription};

@@ -206,6 +206,70 @@ pub async fn queue_stats(pool: &PgPool, stream: Option<&str>, consumer: Option<&
     Ok(QueueStats { consumers, database })
 }
 
+/// One minute of [`throughput`].
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct Minute {
+    /// The minute's start.
+    #[sqlx(rename = "minute")]
+    pub at: DateTime<Utc>,
+    /// Tasks completed in it.
+    pub completed: i64,
+    /// Attempts that failed in it (retried or dead-lettered).
+    pub failed: i64,
+}
+
+/// How many minutes of history [`throughput`] keeps: a day.
+pub const THROUGHPUT_KEPT_MINUTES: u32 = 24 * 60;
+
+/// Tasks completed and attempts failed per minute over the last `minutes`
+/// minutes (this one included), oldest first, one entry per minute: of
+/// `consumer` of `stream`, of every consumer of `stream` when `consumer` is
+/// `None`, of every consumer when both are.
+///
+/// Each worker adds what it did since its previous heartbeat to the minute
+/// it beats in, and its last figures when it stops: the current minute
+/// fills up as heartbeats come, and a worker that dies takes what it did
+/// since its last beat with it. Kept for [`THROUGHPUT_KEPT_MINUTES`].
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), sluice::Error> {
+/// let hour = sluice::throughput(&pool, Some("orders"), Some("billing"), 60).await?;
+/// let done: i64 = hour.iter().map(|m| m.completed).sum();
+/// println!("{done} tasks completed in the last hour");
+/// # Ok(()) }
+/// ```
+#[tracing::instrument(name = "sluice.throughput", level = "debug", skip(pool))]
+pub async fn throughput(
+    pool: &PgPool,
+    stream: Option<&str>,
+    consumer: Option<&str>,
+    minutes: u32,
+) -> Result<Vec<Minute>, Error> {
+    if !(1..=THROUGHPUT_KEPT_MINUTES).contains(&minutes) {
+        return Err(crate::InvalidInput::Setting {
+            setting: "minutes",
+            reason: format!("{minutes} is outside 1..={THROUGHPUT_KEPT_MINUTES} (the history kept)"),
+        }
+        .into());
+    }
+    match (stream, consumer) {
+        (Some(stream), Some(consumer)) => drop(crate::admin::get_consumer(pool, stream, consumer).await?),
+        (Some(stream), None) => drop(crate::admin::get_stream(pool, stream).await?),
+        (None, Some(_)) => {
+            return Err(crate::InvalidInput::Setting {
+                setting: "consumer",
+                reason: "a consumer is named within its stream: give the stream too".to_string(),
+            }
+            .into())
+        }
+        (None, None) => {}
+    }
+    on_pool!(pool, sqlx::query_as(sql::THROUGHPUT).bind(stream).bind(consumer).bind(minutes as i32), fetch_all)
+        .await
+        .map_err(Error::db)
+}
+
 /// The server's health for a queue: the xmin horizon's holder, autovacuum,
 /// and the dead rows of Sluice's tables.
 pub async fn database_health(pool: &PgPool) -> Result<DatabaseHealth, Error> {

@@ -12,7 +12,10 @@
 -- task just claimed look abandoned.
 --
 -- $6 and $7: the tasks the worker completed and the attempts that failed in
--- the last minute (rates.rs), for `sluice stats`.
+-- the last minute (rates.rs), for `sluice stats`. $8 and $9: those since its
+-- previous heartbeat, added to this minute's row of sluice.throughput (the
+-- dashboard's chart); rows of the consumer older than a day are forgotten,
+-- skipping any another worker is writing.
 --
 -- registered 0: another subscriber took the worker for dead and forgot it.
 WITH beat AS (
@@ -21,6 +24,20 @@ WITH beat AS (
         completed_last_minute = $6, failed_last_minute = $7
     WHERE id = $1
     RETURNING 1
+),
+counted AS (
+    INSERT INTO sluice.throughput AS t (consumer_id, minute, completed, failed)
+    SELECT $2, date_trunc('minute', now()), $8, $9 WHERE $8 > 0 OR $9 > 0
+    ON CONFLICT (consumer_id, minute)
+    DO UPDATE SET completed = t.completed + excluded.completed, failed = t.failed + excluded.failed
+),
+stale AS MATERIALIZED (
+    SELECT minute FROM sluice.throughput
+    WHERE consumer_id = $2 AND minute < now() - interval '1 day'
+    FOR UPDATE SKIP LOCKED
+),
+forgotten AS (
+    DELETE FROM sluice.throughput WHERE consumer_id = $2 AND minute IN (SELECT minute FROM stale)
 ),
 stray AS MATERIALIZED (
     SELECT t.consumer_id, t.event_id FROM sluice.tasks t

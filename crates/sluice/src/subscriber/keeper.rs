@@ -50,14 +50,25 @@ pub(crate) async fn held(shared: &Shared) -> Result<i64, sqlx::Error> {
 }
 
 /// Removes this worker's row: its remaining tasks are freed once their leases end.
+/// What it did since its last heartbeat goes into the throughput history.
 pub(crate) async fn unregister(shared: &Shared) -> Result<(), sqlx::Error> {
+    let unreported = shared.metrics.rates.unreported();
     timed(
         shared.db_timeout,
         "unregistering the worker",
-        on_pool!(&shared.pool, sqlx::query(sql::WORKER_UNREGISTER).bind(shared.worker_id), execute),
+        on_pool!(
+            &shared.pool,
+            sqlx::query(sql::WORKER_UNREGISTER)
+                .bind(shared.worker_id)
+                .bind(shared.consumer_id)
+                .bind(unreported.0)
+                .bind(unreported.1),
+            execute
+        ),
     )
-    .await
-    .map(|_| ())
+    .await?;
+    shared.metrics.rates.reported(unreported);
+    Ok(())
 }
 
 /// Beats every `every` until stopped.
@@ -87,6 +98,7 @@ pub(crate) async fn run(shared: Arc<Shared>, every: Duration, stop: Cancellation
 
 async fn beat(shared: &Shared, last_minute: &mut LastMinute) -> Result<(), sqlx::Error> {
     let (completed, failed) = last_minute.observe(&shared.metrics.rates, std::time::Instant::now());
+    let unreported = shared.metrics.rates.unreported();
     let tokens = shared.registry.tokens();
     let status = if shared.stopping.load(Ordering::Relaxed) {
         "stopping"
@@ -109,11 +121,14 @@ async fn beat(shared: &Shared, last_minute: &mut LastMinute) -> Result<(), sqlx:
                 .bind(&tokens)
                 .bind(shared.db_timeout.as_millis() as i64)
                 .bind(completed)
-                .bind(failed),
+                .bind(failed)
+                .bind(unreported.0)
+                .bind(unreported.1),
             fetch_one
         ),
     )
     .await?;
+    shared.metrics.rates.reported(unreported);
     if returned > 0 {
         debug!(returned, "handed back tasks under this worker's name that it no longer holds");
     }
