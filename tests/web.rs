@@ -33,21 +33,35 @@ async fn get(app: &Router, path: &str) -> Page {
     send(app, Request::get(path).body(Body::empty()).unwrap()).await
 }
 
-/// How a POST says it is not forged.
+/// How a POST says it is not forged. All but [`Proof::CrossSite`] come with
+/// the cookie a page of the dashboard set, as a browser sends them.
 enum Proof<'a> {
     /// htmx's `HX-Request: true` header.
     Htmx,
     /// A `csrf` form field.
     Token(&'a str),
-    /// Neither: what a cross-site form sends.
+    /// Neither.
     Nothing,
+    /// htmx's header without the cookie: a request another site started,
+    /// which the browser sends without the `SameSite=Strict` cookie.
+    CrossSite,
+}
+
+/// The dashboard's cookie, from the `Set-Cookie` of its overview page.
+async fn cookie(app: &Router) -> String {
+    let page = get(app, "/").await;
+    let set = page.headers.get(header::SET_COOKIE).expect("pages set the cookie").to_str().unwrap();
+    set.split(';').next().unwrap().to_string()
 }
 
 async fn post(app: &Router, path: &str, proof: Proof<'_>, form: &str) -> Page {
     let mut body = form.to_string();
     let mut request = Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if !matches!(proof, Proof::CrossSite) {
+        request = request.header(header::COOKIE, cookie(app).await);
+    }
     match proof {
-        Proof::Htmx => request = request.header("HX-Request", "true"),
+        Proof::Htmx | Proof::CrossSite => request = request.header("HX-Request", "true"),
         Proof::Token(token) => body = format!("csrf={token}&{body}"),
         Proof::Nothing => {}
     }
@@ -126,8 +140,8 @@ async fn the_overview_shows_consumers_lag_tasks_workers_and_dead_letters() {
     // Dead letters link to the consumer's discarded tasks.
     assert!(page.body.contains(r#"href="/streams/orders/consumers/billing/tasks?state=discarded""#), "{}", page.body);
     assert!(page.body.contains("Workers by status") && page.body.contains("Tasks by state"), "{}", page.body);
-    // The page refreshes itself, with the vendored htmx.
-    assert!(page.body.contains(r#"hx-trigger="every 5s""#), "{}", page.body);
+    // The page refreshes itself when told to, with the vendored htmx.
+    assert!(page.body.contains(r#"hx-trigger="sse:refresh""#), "{}", page.body);
     assert!(page.body.contains(&format!(r#"src="{}""#, sluice_web::HTMX_PATH)), "{}", page.body);
 
     // Lag, per consumer: billing has not seen the last event; audit has seen none of the eight.
@@ -177,9 +191,14 @@ async fn a_consumer_is_paused_and_resumed_from_its_page() {
 }
 
 #[tokio::test]
-async fn a_post_without_htmx_or_the_token_is_refused_and_changes_nothing() {
+async fn a_post_without_the_cookie_and_htmx_or_the_token_is_refused_and_changes_nothing() {
     let (db, ids) = seeded().await;
     let app = app(&db);
+    let set = get(&app, BILLING).await.headers[header::SET_COOKIE].to_str().unwrap().to_string();
+    assert!(set.ends_with("; Path=/; SameSite=Strict; HttpOnly"), "{set}");
+    let nested = sluice_web::router(WebState::new(db.pool.clone()).base_path("/queue"));
+    let set = get(&nested, "/").await.headers[header::SET_COOKIE].to_str().unwrap().to_string();
+    assert!(set.contains("; Path=/queue; SameSite=Strict"), "{set}");
     let before = states(&db).await;
     let attempts = [
         (format!("{BILLING}/pause"), ""),
@@ -194,8 +213,21 @@ async fn a_post_without_htmx_or_the_token_is_refused_and_changes_nothing() {
             assert_eq!(page.status, 403, "{path}: {}", page.body);
             assert!(page.body.contains("CSRF token"), "{}", page.body);
         }
+        let page = post(&app, path, Proof::CrossSite, form).await;
+        assert_eq!(page.status, 403, "{path}: {}", page.body);
+        assert!(page.body.contains("without the dashboard's cookie"), "{}", page.body);
+        let stale = Request::post(path.as_str())
+            .header("HX-Request", "true")
+            .header(header::COOKIE, "sluice_csrf=from-an-earlier-process")
+            .body(Body::from(*form))
+            .unwrap();
+        assert_eq!(send(&app, stale).await.status, 403, "{path}");
         // A header that is there but not `true` proves nothing.
-        let request = Request::post(path.as_str()).header("HX-Request", "false").body(Body::from(*form)).unwrap();
+        let request = Request::post(path.as_str())
+            .header("HX-Request", "false")
+            .header(header::COOKIE, cookie(&app).await)
+            .body(Body::from(*form))
+            .unwrap();
         assert_eq!(send(&app, request).await.status, 403, "{path}");
     }
     assert!(!sluice::get_consumer(&db.pool, "orders", "billing").await.unwrap().paused);
@@ -738,4 +770,73 @@ async fn the_last_hours_completions_and_failures_are_charted() {
     assert!(too_long.to_string().contains("invalid minutes: 0 is outside 1..=1440"), "{too_long}");
     let unknown = sluice::throughput(&db.pool, Some("orders"), Some("nosuch"), 60).await.unwrap_err();
     assert!(unknown.to_string().contains("consumer \"nosuch\""), "{unknown}");
+}
+
+/// The sessions of this database that last ran a LISTEN: the dashboard's watcher.
+async fn listening(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// The next server-sent event's text, or `None` when none comes within `wait`.
+async fn next_event(body: &mut axum::body::BodyDataStream, wait: Duration) -> Option<String> {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut text = String::new();
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, body.next()).await.ok()??.unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        // Keep-alive comments (`:`) are not events.
+        if text.contains("event:") && text.ends_with("\n\n") {
+            return Some(text);
+        }
+    }
+}
+
+/// Pages refresh when the queue changes: `/live` sends `refresh` events fed
+/// from one LISTEN connection however many pages listen, closed once none
+/// does; in poll-only mode pages poll instead and `/live` does not exist.
+#[tokio::test]
+async fn pages_refresh_on_changes_from_one_listen_connection() {
+    let (db, _) = seeded().await;
+    let app = app(&db);
+    let page = get(&app, "/").await;
+    assert!(page.body.contains(r#"hx-ext="sse" sse-connect="/live""#), "{}", page.body);
+    assert!(page.body.contains(r#"hx-trigger="sse:refresh""#), "{}", page.body);
+    assert!(page.body.contains(&format!(r#"src="{}""#, sluice_web::SSE_PATH)), "{}", page.body);
+    assert_eq!(get(&app, sluice_web::SSE_PATH).await.status, 200);
+
+    let open = |app: Router| async move {
+        let response = app.oneshot(Request::get("/live").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
+        response.into_body().into_data_stream()
+    };
+    let mut first = open(app.clone()).await;
+    let mut second = open(app.clone()).await;
+    support::wait_until(Duration::from_secs(10), "the watcher listening", || async { listening(&db).await == 1 }).await;
+    // A publish notifies: both pages hear of it well before the quiet refresh.
+    let connected = tokio::time::Instant::now();
+    sluice::publish(&db.pool, "orders", NewEvent::new("orders.eu.new", &1).unwrap()).await.unwrap();
+    for body in [&mut first, &mut second] {
+        let event = next_event(body, sluice_web::QUIET_REFRESH).await.expect("a refresh after the publish");
+        assert!(event.contains("event: refresh"), "{event}");
+    }
+    assert!(connected.elapsed() < sluice_web::QUIET_REFRESH, "the refresh came from the notification");
+    assert_eq!(listening(&db).await, 1, "one LISTEN connection for both pages");
+    drop((first, second));
+    support::wait_until(sluice_web::QUIET_REFRESH * 3, "the LISTEN connection closed", || async {
+        listening(&db).await == 0
+    })
+    .await;
+
+    let polling = sluice_web::router(WebState::new(db.pool.clone()).poll_only(true));
+    let page = get(&polling, "/").await;
+    assert!(page.body.contains(r#"hx-trigger="every 5s""#), "{}", page.body);
+    assert!(!page.body.contains("sse-connect"), "{}", page.body);
+    assert_eq!(get(&polling, "/live").await.status, 404);
 }

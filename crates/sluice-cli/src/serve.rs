@@ -27,6 +27,12 @@ pub struct ServeArgs {
     /// Never show events' payloads and metadata on the dashboard.
     #[arg(long)]
     hide_payloads: bool,
+
+    /// Refresh dashboard pages every few seconds instead of when the queue
+    /// changes (no LISTEN connection): for a database reached through a
+    /// pooler in transaction mode, where LISTEN does not work.
+    #[arg(long)]
+    poll_only: bool,
 }
 
 pub async fn run(pool: &PgPool, args: ServeArgs) -> Result<()> {
@@ -35,7 +41,10 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
-    let web = sluice_web::WebState::new(pool.clone()).read_only(args.read_only).hide_payloads(args.hide_payloads);
+    let web = sluice_web::WebState::new(pool.clone())
+        .read_only(args.read_only)
+        .hide_payloads(args.hide_payloads)
+        .poll_only(args.poll_only);
     let mut dashboard = sluice_web::router(web);
     if let Some(auth) = args.basic_auth {
         dashboard = sluice_serve::require_basic_auth(dashboard, auth);

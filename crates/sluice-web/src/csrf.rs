@@ -1,11 +1,13 @@
-//! Cross-site request forgery: a POST is refused unless it comes from htmx
-//! (`HX-Request: true`, a header a cross-site form cannot set and a
-//! cross-site script cannot send without a CORS preflight this router never
-//! grants) or carries the process's token in a `csrf` form field.
+//! Cross-site request forgery: a POST is refused unless it carries the
+//! dashboard's cookie, set `SameSite=Strict` with every page (so a browser
+//! never sends it with a request another site starts), and either comes
+//! from htmx (`HX-Request: true`, a header a cross-site form cannot set and
+//! a cross-site script cannot send without a CORS preflight this router
+//! never grants) or carries the process's token in a `csrf` form field.
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rand::Rng;
@@ -21,9 +23,36 @@ pub(crate) fn new_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The cookie that proves a request comes from a dashboard page.
+pub(crate) const COOKIE: &str = "sluice_csrf";
+
+/// Sets the cookie on every page (and error page) the dashboard serves.
+pub(crate) async fn set_cookie(State(state): State<WebState>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let html = response.headers().get(header::CONTENT_TYPE).is_some_and(|t| t.as_bytes().starts_with(b"text/html"));
+    if html {
+        let path = if state.href("").is_empty() { "/".to_string() } else { state.href("") };
+        let cookie = format!("{COOKIE}={}; Path={path}; SameSite=Strict; HttpOnly", state.csrf_token());
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
 pub(crate) async fn guard(State(state): State<WebState>, request: Request, next: Next) -> Response {
     if request.method() != Method::POST {
         return next.run(request).await;
+    }
+    if !has_cookie(&request, state.csrf_token()) {
+        return crate::error::page(
+            &state,
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "this request came without the dashboard's cookie: it was started by another site, or \
+             this browser refuses cookies, or the dashboard restarted since the page was loaded \
+             (reload it); nothing was changed",
+        );
     }
     if request.headers().get("hx-request").is_some_and(|v| v.as_bytes() == b"true") {
         return next.run(request).await;
@@ -43,6 +72,17 @@ pub(crate) async fn guard(State(state): State<WebState>, request: Request, next:
         );
     }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+fn has_cookie(request: &Request, token: &str) -> bool {
+    request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(name, value)| name == COOKIE && same(value.as_bytes(), token.as_bytes()))
 }
 
 fn form_field(body: &[u8], name: &str) -> Option<String> {

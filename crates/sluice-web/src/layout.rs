@@ -43,8 +43,10 @@ pub(crate) fn page(state: &WebState, title: &str, content: Markup) -> Markup {
                 meta name="htmx-config" content=(HTMX_CONFIG);
                 style { (PreEscaped(STYLE)) }
                 script src=(state.href(crate::HTMX_PATH)) defer {}
+                @if !state.is_poll_only() { script src=(state.href(crate::SSE_PATH)) defer {} }
             }
-            body hx-boost="true" {
+            @let live = (!state.is_poll_only()).then(|| state.href("/live"));
+            body hx-boost="true" hx-ext=[live.as_ref().map(|_| "sse")] sse-connect=[live] {
                 header {
                     strong { "Sluice" }
                     a href=(state.href("/")) { "Overview" }
@@ -58,12 +60,17 @@ pub(crate) fn page(state: &WebState, title: &str, content: Markup) -> Markup {
     }
 }
 
-/// A block that htmx reloads every few seconds (the part of the page under
-/// `id`, fetched from `path`).
+/// A block that htmx reloads (the part of the page under `id`, fetched
+/// from `path`) when the server says the queue changed, or every few
+/// seconds in poll-only mode.
 pub(crate) fn live(state: &WebState, id: &str, path: &str, content: Markup) -> Markup {
+    let trigger = if state.is_poll_only() {
+        format!("every {}s", crate::REFRESH_SECONDS)
+    } else {
+        format!("sse:{}", crate::live::REFRESH_EVENT)
+    };
     html! {
-        div id=(id) hx-get=(state.href(path)) hx-trigger={ "every " (crate::REFRESH_SECONDS) "s" }
-            hx-select={ "#" (id) } hx-swap="outerHTML" {
+        div id=(id) hx-get=(state.href(path)) hx-trigger=(trigger) hx-select={ "#" (id) } hx-swap="outerHTML" {
             (content)
         }
     }

@@ -11,9 +11,10 @@
 //! error, its log) and the workers. htmx is embedded in the binary; nothing
 //! is fetched from elsewhere.
 //!
-//! Every POST must carry the `HX-Request: true` header (htmx sends it) or
-//! the process's CSRF token in a `csrf` form field, or it is refused with
-//! 403. In [`WebState::read_only`] mode the action routes are not mounted.
+//! Every POST must carry the dashboard's `SameSite=Strict` cookie (set with
+//! every page), and the `HX-Request: true` header (htmx sends it) or the
+//! process's CSRF token in a `csrf` form field, or it is refused with 403.
+//! In [`WebState::read_only`] mode the action routes are not mounted.
 //!
 //! ```no_run
 //! # async fn run(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
@@ -37,14 +38,16 @@ mod csrf;
 mod error;
 mod filter;
 mod layout;
+mod live;
 mod overview;
 mod task;
 mod tasks;
 mod workers;
 
-pub use assets::{HTMX_PATH, HTMX_VERSION};
+pub use assets::{HTMX_PATH, HTMX_VERSION, SSE_PATH, SSE_VERSION};
+pub use live::{DEBOUNCE, QUIET_REFRESH};
 
-/// How often the pages refresh themselves (by htmx polling).
+/// How often the pages refresh themselves in [`WebState::poll_only`] mode.
 pub const REFRESH_SECONDS: u32 = 5;
 
 /// What the dashboard needs: the database and how much it may show and do.
@@ -58,7 +61,9 @@ struct Inner {
     base_path: String,
     hide_payloads: bool,
     read_only: bool,
+    poll_only: bool,
     csrf_token: String,
+    hub: Arc<live::Hub>,
 }
 
 impl WebState {
@@ -71,7 +76,9 @@ impl WebState {
                 base_path: String::new(),
                 hide_payloads: false,
                 read_only: false,
+                poll_only: false,
                 csrf_token: csrf::new_token(),
+                hub: Arc::default(),
             }),
         }
     }
@@ -94,6 +101,16 @@ impl WebState {
         self.with(|inner| inner.read_only = read_only)
     }
 
+    /// Refresh pages every [`REFRESH_SECONDS`] instead of when the queue
+    /// changes: no LISTEN connection, for a database reached through a
+    /// pooler in transaction mode (where LISTEN does not work). By default
+    /// pages listen to `/live`, server-sent events fed from one LISTEN
+    /// connection, a refresh at most every [`DEBOUNCE`] and at least every
+    /// [`QUIET_REFRESH`].
+    pub fn poll_only(self, poll_only: bool) -> WebState {
+        self.with(|inner| inner.poll_only = poll_only)
+    }
+
     /// This process's CSRF token: a form that posts without htmx carries it
     /// in a `csrf` field. A fresh random one per process.
     pub fn csrf_token(&self) -> &str {
@@ -106,7 +123,9 @@ impl WebState {
             base_path: shared.base_path.clone(),
             hide_payloads: shared.hide_payloads,
             read_only: shared.read_only,
+            poll_only: shared.poll_only,
             csrf_token: shared.csrf_token.clone(),
+            hub: Arc::clone(&shared.hub),
         });
         change(&mut inner);
         WebState { inner: Arc::new(inner) }
@@ -120,6 +139,14 @@ impl WebState {
         self.inner.read_only
     }
 
+    pub(crate) fn is_poll_only(&self) -> bool {
+        self.inner.poll_only
+    }
+
+    pub(crate) fn hub(&self) -> &Arc<live::Hub> {
+        &self.inner.hub
+    }
+
     pub(crate) fn payloads_hidden(&self) -> bool {
         self.inner.hide_payloads
     }
@@ -131,18 +158,23 @@ impl WebState {
 }
 
 /// The dashboard's routes. Pages are GETs; in read-only mode the POST
-/// routes (and the bulk confirmation pages) do not exist.
+/// routes (and the bulk confirmation pages) do not exist; in poll-only mode
+/// neither does `/live`.
 pub fn router(state: WebState) -> Router {
     let consumer = "/streams/{stream}/consumers/{consumer}";
     let mut router = Router::new()
         .route("/", get(overview::page))
         .route(HTMX_PATH, get(assets::htmx))
+        .route(SSE_PATH, get(assets::sse))
         .route("/workers", get(workers::page))
         .route("/tasks", get(tasks::pick))
         .route("/streams/{stream}", get(overview::stream_page))
         .route(consumer, get(consumer::page))
         .route(&format!("{consumer}/tasks"), get(tasks::page))
         .route(&format!("{consumer}/tasks/{{event}}"), get(task::page));
+    if !state.is_poll_only() {
+        router = router.route("/live", get(live::events));
+    }
     if !state.is_read_only() {
         let actions = Router::new()
             .route(&format!("{consumer}/pause"), post(consumer::pause))
@@ -154,5 +186,5 @@ pub fn router(state: WebState) -> Router {
             .route_layer(axum::middleware::from_fn_with_state(state.clone(), csrf::guard));
         router = router.merge(actions);
     }
-    router.with_state(state)
+    router.layer(axum::middleware::from_fn_with_state(state.clone(), csrf::set_cookie)).with_state(state)
 }

@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod changes;
 mod cleanup;
 mod error;
 mod ids;
@@ -57,6 +58,7 @@ pub use admin::{
     list_streams, pause_consumer, reset_position, resume_consumer, update_consumer, update_stream, Consumer,
     ConsumerOptions, Replay, Start, Stream, StreamOptions,
 };
+pub use changes::{watch, Changes, NEW_STREAMS_EVERY};
 pub use cleanup::{cleanup, Cleanup, CleanupReport};
 pub use error::{Error, InvalidInput, MigrateError, TaskError};
 pub use ids::{EventId, Priority, TaskState, WorkerId};

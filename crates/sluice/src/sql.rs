@@ -24,6 +24,7 @@ pub(crate) const STREAM_DELETE: &str = include_str!("sql/stream_delete.sql");
 pub(crate) const STREAM_GET: &str = include_str!("sql/stream_get.sql");
 pub(crate) const STREAM_UPDATE: &str = include_str!("sql/stream_update.sql");
 pub(crate) const STREAM_LIST: &str = include_str!("sql/stream_list.sql");
+pub(crate) const STREAM_IDS: &str = include_str!("sql/stream_ids.sql");
 /// The bulk statements on tasks share the filter that selects them.
 macro_rules! on_filtered_tasks {
     ($file:literal) => {
