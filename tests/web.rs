@@ -840,3 +840,35 @@ async fn pages_refresh_on_changes_from_one_listen_connection() {
     assert!(!page.body.contains("sse-connect"), "{}", page.body);
     assert_eq!(get(&polling, "/live").await.status, 404);
 }
+
+/// A completed task is deleted on ack (by default): its page says so and
+/// still shows the log, rather than a bare "not found".
+#[tokio::test]
+async fn a_retried_task_that_completed_and_was_deleted_shows_its_log() {
+    let (db, ids) = seeded().await;
+    let app = app(&db);
+    let dead = ids[3];
+    let retried = post(&app, &format!("{BILLING}/tasks/{dead}/retry"), Proof::Htmx, "reason=fixed").await;
+    assert_eq!(retried.status, 303, "{}", retried.body);
+    let handle = sluice::sub(&db.pool, Subscription::new("orders", "billing"), |_: Message<serde_json::Value>| async {
+        Ok::<_, HandlerError>(())
+    })
+    .await
+    .unwrap();
+    support::wait_until(Duration::from_secs(30), "the retried task completed and deleted", || async {
+        matches!(sluice::get_task(&db.pool, "orders", "billing", dead).await, Err(sluice::Error::TaskNotFound { .. }))
+    })
+    .await;
+    handle.shutdown(Duration::from_secs(5)).await;
+    let page = get(&app, &format!("{BILLING}/tasks/{dead}")).await;
+    assert_eq!(page.status, 404, "{}", page.body);
+    assert!(
+        page.body.contains("The task is no longer stored. A completed task is deleted when it is acked"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("<td>retried</td><td>fixed</td>"), "{}", page.body);
+    let never = get(&app, &format!("{BILLING}/tasks/999999")).await;
+    assert_eq!(never.status, 404);
+    assert!(!never.body.contains("no longer stored"), "{}", never.body);
+}

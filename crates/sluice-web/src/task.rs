@@ -34,7 +34,11 @@ pub(crate) async fn page(
 async fn view(state: &WebState, stream: &str, name: &str, event: &str) -> PageResult {
     let id = event_id(event)?;
     let pool = state.pool();
-    let task = sluice::get_task(pool, stream, name, id).await?;
+    let task = match sluice::get_task(pool, stream, name, id).await {
+        Ok(task) => task,
+        Err(e @ sluice::Error::TaskNotFound { .. }) => return gone(state, stream, name, id, e).await,
+        Err(e) => return Err(e.into()),
+    };
     let event = sluice::task_event(pool, stream, name, id).await?;
     let log = sluice::task_log(pool, stream, name, id).await?;
     let path = consumer_path(stream, name);
@@ -106,12 +110,46 @@ async fn view(state: &WebState, stream: &str, name: &str, event: &str) -> PageRe
             }
         }
         h2 { "Log" }
+        (log_table(&log))
+    };
+    Ok(layout::page(state, &format!("Task {id}"), content).into_response())
+}
+
+/// A task that is no longer stored but whose log is: a 404 that says why
+/// (completed tasks are deleted on ack by default) and shows the log. With
+/// no log either, the plain 404.
+async fn gone(state: &WebState, stream: &str, name: &str, id: EventId, missing: sluice::Error) -> PageResult {
+    let log = sluice::task_log(state.pool(), stream, name, id).await?;
+    if log.is_empty() {
+        return Err(missing.into());
+    }
+    let consumer = sluice::get_consumer(state.pool(), stream, name).await?;
+    let path = consumer_path(stream, name);
+    let content = html! {
+        h1 { "Task of event " (id) }
+        p #gone.error {
+            "The task is no longer stored. A completed task is deleted "
+            @if consumer.completed_retention.is_zero() { "when it is acked" }
+            @else { (layout::span(consumer.completed_retention)) " after it completes" }
+            ", a dead letter or cancelled task " (layout::span(consumer.dead_retention)) " after it ends; "
+            "its log is kept for " (layout::span(consumer.log_retention)) "."
+        }
+        p { "Consumer " a href=(state.href(&path)) { (name) } " of stream " (stream) " · "
+            a href=(state.href(&format!("{path}/tasks"))) { "all its tasks" } }
+        h2 { "Log" }
+        (log_table(&log))
+    };
+    Ok((StatusCode::NOT_FOUND, layout::page(state, &format!("Task {id}"), content)).into_response())
+}
+
+fn log_table(log: &[sluice::TaskLogEntry]) -> maud::Markup {
+    html! {
         @if log.is_empty() {
             p { "Nothing logged." }
         } @else {
             table #log {
                 tr { th { "at" } th.n { "attempt" } th { "action" } th { "reason" } th.n { "priority" } th { "due" } th { "worker" } }
-                @for entry in &log {
+                @for entry in log {
                     tr {
                         td { (layout::time(entry.created_at)) }
                         td.n { (entry.attempt) }
@@ -124,8 +162,7 @@ async fn view(state: &WebState, stream: &str, name: &str, event: &str) -> PageRe
                 }
             }
         }
-    };
-    Ok(layout::page(state, &format!("Task {id}"), content).into_response())
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
