@@ -3,13 +3,16 @@
 //! run with `sluice serve`.
 //!
 //! Pages: the overview (streams, consumers with their lag, tasks by state,
-//! workers by status, dead letters), a stream, a consumer (settings, position
-//! and lag, pause and resume, a position reset confirmed with what it
-//! replays, its workers), its tasks (filtered by state, subject pattern and
-//! age, paged by cursor; retry, cancel or discard one task, the ticked ones,
-//! or all that match after a count), a task (its event, every attempt's
-//! error, its log) and the workers. htmx is embedded in the binary; nothing
-//! is fetched from elsewhere.
+//! the last hour's throughput, workers by status, dead letters), a stream, a
+//! consumer (settings, position and lag, its throughput, pause and resume, a
+//! position reset confirmed with what it replays, its workers), its tasks
+//! (filtered by state, subject pattern, age and payload or metadata JSON
+//! containment, paged by cursor; retry, cancel or discard one task, the
+//! ticked ones, or all that match after a count), a task (its event, every
+//! attempt's error, its log) and the workers. Pages refresh when the queue
+//! changes, told by server-sent events (`/live`) from one LISTEN connection,
+//! or on a timer ([`WebState::poll_only`]). htmx and its SSE extension are
+//! embedded in the binary; nothing is fetched from elsewhere.
 //!
 //! Every POST must carry the dashboard's `SameSite=Strict` cookie (set with
 //! every page), and the `HX-Request: true` header (htmx sends it) or the
