@@ -46,6 +46,15 @@ test-web:
     cargo test --test web
     cargo test -p sluice-web
 
+# The dashboard in headless Chromium against `sluice serve` (tests/browser.rs):
+# needs Debian's chromium and chromium-driver (or CHROMEDRIVER=path).
+test-browser:
+    cargo test --test browser -- --ignored
+
+# Retake the dashboard's screenshots in docs/screenshots/ from the browser tests.
+screenshots:
+    SLUICE_SCREENSHOTS=docs/screenshots cargo test --test browser -- --ignored
+
 # The chaos suite: killed workers, a Postgres restart (private cluster), out-of-order
 # commits, a pinned xmin. About 6 minutes on 2 cores; CHAOS_* variables shrink it
 # (see docs/RELIABILITY.md). `just chaos -- NAME` runs the parts whose name has NAME.
