@@ -328,8 +328,6 @@ impl Browser {
         entries
             .iter()
             .filter(|e| e["level"] == "SEVERE")
-            // Chromium asks every site for an icon; the dashboard has none.
-            .filter(|e| !e["message"].as_str().unwrap_or_default().contains("/favicon.ico"))
             .map(|e| e["message"].as_str().unwrap_or_default().to_string())
             .collect()
     }
@@ -437,7 +435,9 @@ async fn seeded() -> Queue {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let subscriber = {
         let (fixed, calls) = (fixed.clone(), calls.clone());
-        sluice::sub(&db.pool, Subscription::new("orders", "billing"), move |msg: Message<serde_json::Value>| {
+        // Heartbeats often, so the throughput chart has the work to show.
+        let subscription = Subscription::new("orders", "billing").heartbeat(Duration::from_millis(250));
+        sluice::sub(&db.pool, subscription, move |msg: Message<serde_json::Value>| {
             let ok = !msg.subject().ends_with(".refund") || fixed.load(Ordering::SeqCst);
             calls.lock().unwrap().push((msg.id(), ok));
             async move {
@@ -460,6 +460,12 @@ async fn seeded() -> Queue {
         support::task_states(&db.pool, "billing").await == [("completed".to_string(), 4), ("discarded".to_string(), 3)]
     })
     .await;
+    support::wait_until(PATIENCE, "the hour's throughput: 4 completed, 6 failed attempts", || async {
+        let hour = sluice::throughput(&db.pool, Some("orders"), Some("billing"), 60).await.unwrap();
+        let sum = |f: fn(&sluice::Minute) -> i64| hour.iter().map(f).sum::<i64>();
+        (sum(|m| m.completed), sum(|m| m.failed)) == (4, 6)
+    })
+    .await;
     Queue { db, subscriber, fixed, calls }
 }
 
@@ -476,6 +482,8 @@ async fn a_dead_letter_is_found_from_the_overview_and_retried_from_its_page() {
     browser.goto("/").await;
     browser.wait_for_page("Overview").await;
     assert_eq!(browser.text("#dead-letters").await, Some(dead.len().to_string()));
+    assert_eq!(browser.text("#throughput .completed-total").await.as_deref(), Some("4"), "the chart's hour");
+    assert_eq!(browser.text("#throughput .failed-total").await.as_deref(), Some("6"), "the chart's hour");
     let consumers = browser.rows("#consumers").await;
     assert_eq!(consumers.len(), 1, "one consumer: {consumers:?}");
     assert_eq!((consumers[0]["stream"].as_str(), consumers[0]["consumer"].as_str()), ("orders", "billing"));

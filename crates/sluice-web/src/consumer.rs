@@ -25,7 +25,7 @@ async fn view(state: &WebState, stream: &str, name: &str) -> PageResult {
         h1 { "Consumer " (consumer.name) " of stream "
             a href=(state.href(&format!("/streams/{}", layout::seg(stream)))) { (consumer.stream) } }
         (layout::live(state, "consumer", &path, html! {
-            p #status {
+            div #status {
                 @if consumer.paused {
                     span.badge.paused { "paused" } " — workers claim nothing until it is resumed. "
                     @if !state.is_read_only() { (layout::action(state, &format!("{path}/resume"), "Resume", None)) }

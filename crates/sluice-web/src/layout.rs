@@ -19,7 +19,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .badge{padding:.05rem .45rem;border-radius:.6rem;background:#e2e5ea;font-size:.85em}
 .paused,.discarded,.gone{background:#f6d5d2}.running,.active{background:#d5e8f6}.completed{background:#d7f0d9}
 pre{background:#fff;border:1px solid #e2e5ea;padding:.6rem;overflow:auto;max-height:30rem}
-form.inline{display:inline}button{cursor:pointer}
+form.inline{display:inline}button{cursor:pointer}#status,#actions{margin:1rem 0}
 .filters label{margin-right:.8rem;display:inline-block;vertical-align:top}
 figure.chart{margin:.3rem 0 1.2rem;background:#fff;padding:.5rem;display:inline-block}
 figure.chart figcaption{font-size:.9em;margin-bottom:.3rem}
@@ -37,6 +37,8 @@ pub(crate) fn page(state: &WebState, title: &str, content: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Sluice" }
+                // No favicon: an empty one keeps browsers from asking for /favicon.ico.
+                link rel="icon" href="data:,";
                 // htmx swaps error responses too: a refused filter (400), a
                 // missing task (404) or a refused action (403, 409) is a page
                 // that says why, and must be shown rather than dropped.
@@ -70,7 +72,7 @@ pub(crate) fn live(state: &WebState, id: &str, path: &str, content: Markup) -> M
         format!("sse:{}", crate::live::REFRESH_EVENT)
     };
     html! {
-        div id=(id) hx-get=(state.href(path)) hx-trigger=(trigger) hx-select={ "#" (id) } hx-swap="outerHTML" {
+        div id=(id) hx-get=(state.href(path)) hx-trigger=(trigger) hx-select={ "#" (id) } hx-swap="outerHTML" hx-disinherit="hx-select hx-swap" {
             (content)
         }
     }

@@ -105,7 +105,7 @@ pub(crate) async fn events(State(state): State<WebState>) -> Sse<impl Stream<Ite
         // Lagging behind only means refreshes were missed: one does for all.
         match receiver.recv().await {
             Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                Some((Ok(Event::default().event(REFRESH_EVENT).data("")), receiver))
+                Some((Ok(Event::default().event(REFRESH_EVENT).data(REFRESH_EVENT)), receiver))
             }
             Err(broadcast::error::RecvError::Closed) => None,
         }

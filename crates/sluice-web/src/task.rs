@@ -64,7 +64,7 @@ async fn view(state: &WebState, stream: &str, name: &str, event: &str) -> PageRe
             @if let Some(at) = task.finished_at { tr { th { "finished" } td { (layout::time(at)) } } }
         }
         @if !state.is_read_only() && !actions.is_empty() {
-            p #actions {
+            div #actions {
                 @for a in actions {
                     (layout::action(state, &format!("{task_path}/{}", a.name()), a.name(),
                         Some(&format!("{} the task of event {id}?", a.name()))))
