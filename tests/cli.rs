@@ -872,6 +872,23 @@ async fn start_serve(url: &str, args: &[&str], env: &[(&str, &str)]) -> (tokio::
 
 /// One HTTP/1.1 request with extra header lines: the status and the body.
 async fn http(address: &str, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    let response = http_response(address, method, path, headers).await;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// The dashboard's CSRF cookie as a `Cookie:` header, from a page's `Set-Cookie`.
+async fn dashboard_cookie(address: &str, headers: &[&str]) -> String {
+    let response = http_response(address, "GET", "/", headers).await;
+    let set = response
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .unwrap_or_else(|| panic!("the page sets a cookie: {response}"));
+    format!("Cookie: {}", set.split(';').next().unwrap())
+}
+
+/// One HTTP/1.1 request, the whole response as text.
+async fn http_response(address: &str, method: &str, path: &str, headers: &[&str]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect to the server");
     let mut request =
@@ -883,9 +900,7 @@ async fn http(address: &str, method: &str, path: &str, headers: &[&str]) -> (u16
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-    (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    String::from_utf8_lossy(&response).into_owned()
 }
 
 #[tokio::test]
@@ -919,11 +934,14 @@ async fn serve_mounts_the_dashboard_behind_basic_auth_and_read_only() {
 
     // Credentials from the flag, actions mounted.
     let (mut server, address) = start_serve(&db.url, &["--basic-auth", "admin:s3cret"], &[]).await;
-    assert_eq!(http(&address, "POST", pause, &["HX-Request: true"]).await.0, 401, "no password, no pause");
+    let cookie = dashboard_cookie(&address, &[admin]).await;
+    let cookie = cookie.as_str();
+    assert_eq!(http(&address, "POST", pause, &["HX-Request: true", cookie]).await.0, 401, "no password, no pause");
     assert!(!paused().await);
-    assert_eq!(http(&address, "POST", pause, &[admin]).await.0, 403, "no htmx header, no token, no pause");
+    assert_eq!(http(&address, "POST", pause, &[admin, cookie]).await.0, 403, "no htmx header, no token, no pause");
+    assert_eq!(http(&address, "POST", pause, &[admin, "HX-Request: true"]).await.0, 403, "no cookie, no pause");
     assert!(!paused().await);
-    assert_eq!(http(&address, "POST", pause, &[admin, "HX-Request: true"]).await.0, 303);
+    assert_eq!(http(&address, "POST", pause, &[admin, "HX-Request: true", cookie]).await.0, 303);
     assert!(paused().await);
     server.start_kill().unwrap();
     server.wait().await.unwrap();
@@ -936,4 +954,76 @@ async fn serve_mounts_the_dashboard_behind_basic_auth_and_read_only() {
 
     let line = run_with_url(&db.url, &["serve", "--basic-auth", "admin"]).await.failure("not USER:PASS");
     assert!(line.contains("USER:PASS"), "{line}");
+}
+
+/// `sluice gateway key add|list|revoke`, its bad inputs (one line, exit 1,
+/// nothing changed), and `sluice serve` answering the gateway's WebSocket
+/// at /gateway unless told not to.
+#[tokio::test]
+async fn gateway_keys_are_managed_from_the_cli_and_serve_mounts_the_gateway() {
+    let db = TestDb::new().await;
+    let url = &db.url;
+    // A valid Ed25519 public key (of the secret key of 32 bytes 0x01), and another.
+    let key = "iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w=";
+    let other = "gTl3Dqh9F19Wo1Rmw0x+zMuNipG07jeiXfYPW4/Js5Q=";
+    let added = run_with_url(
+        url,
+        &[
+            "--json",
+            "gateway",
+            "key",
+            "add",
+            "billing-py",
+            "--public-key",
+            key,
+            "--publish",
+            "orders",
+            "--consume",
+            "orders/billing",
+        ],
+    )
+    .await
+    .json("key add");
+    assert_eq!(added["name"], "billing-py");
+    assert_eq!(added["public_key"], key);
+    assert_eq!(
+        (added["publish"].clone(), added["consume"].clone()),
+        (serde_json::json!(["orders"]), serde_json::json!(["orders/billing"]))
+    );
+    let list = run_with_url(url, &["gateway", "key", "list"]).await.success("key list");
+    assert!(list.stdout.contains("billing-py") && list.stdout.contains("orders/billing"), "{}", list.stdout);
+
+    let before = dump(&db.pool).await;
+    let cases: [(&[&str], &str); 7] = [
+        (&["gateway", "key", "add", "billing-py", "--public-key", other], "gateway key \"billing-py\" exists already"),
+        (&["gateway", "key", "add", "copy", "--public-key", key], "registered already, as gateway key \"billing-py\""),
+        (&["gateway", "key", "add", "bad", "--public-key", "AAAA"], "invalid public key"),
+        (&["gateway", "key", "add", "bad", "--public-key", other, "--consume", "orders"], "not STREAM/CONSUMER"),
+        (&["gateway", "key", "add", "bad name", "--public-key", other], "invalid name"),
+        (&["gateway", "key", "revoke", "nobody", "--yes"], "gateway key \"nobody\" does not exist"),
+        (&["gateway", "key", "revoke", "billing-py"], "pass --yes"),
+    ];
+    for (args, expect) in cases {
+        let line = run_with_url(url, args).await.failure(&format!("{args:?}"));
+        assert!(line.contains(expect), "{args:?}: the line says {expect:?}: {line}");
+    }
+    assert_eq!(dump(&db.pool).await, before, "nothing changed");
+
+    // serve: the gateway's challenge at /gateway; --no-gateway leaves it out.
+    let (mut server, address) = start_serve(url, &[], &[]).await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{address}/gateway")).await.expect("a gateway");
+    let challenge = futures::StreamExt::next(&mut socket).await.unwrap().unwrap().into_text().unwrap();
+    assert!(challenge.contains(r#""type":"challenge""#), "{challenge}");
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+    let (mut server, address) = start_serve(url, &["--no-gateway"], &[]).await;
+    assert!(tokio_tungstenite::connect_async(format!("ws://{address}/gateway")).await.is_err(), "no gateway");
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+
+    let revoked =
+        run_with_url(url, &["--json", "gateway", "key", "revoke", "billing-py", "--yes"]).await.json("revoke");
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    let again = run_with_url(url, &["gateway", "key", "revoke", "billing-py", "--yes"]).await.failure("twice");
+    assert!(again.contains("revoked already"), "{again}");
 }

@@ -173,7 +173,19 @@ async fn storage_stats_show_every_table_its_rows_dead_rows_and_size() {
     let names: Vec<&str> = stats.tables.iter().map(|t| t.table_name.as_str()).collect();
     assert_eq!(
         names,
-        ["consumers", "event_partitioning", "event_partitions", "events", "streams", "task_log", "tasks", "workers"]
+        [
+            "consumers",
+            "event_partitioning",
+            "event_partitions",
+            "events",
+            "gateway_keys",
+            "gateway_publishes",
+            "streams",
+            "task_log",
+            "tasks",
+            "throughput",
+            "workers"
+        ]
     );
 }
 

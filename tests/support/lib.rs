@@ -204,7 +204,7 @@ where
 
 /// Sluice's tables right after migrating (partitions made ahead of the
 /// next transaction id, `events_<txid>`, left out), as [`sluice_tables`] lists them.
-pub const SLUICE_TABLES: [&str; 13] = [
+pub const SLUICE_TABLES: [&str; 15] = [
     "_functions",
     "_migrations",
     "consumers",
@@ -213,6 +213,8 @@ pub const SLUICE_TABLES: [&str; 13] = [
     "events",
     "events_0",
     "events_default",
+    "gateway_keys",
+    "gateway_publishes",
     "streams",
     "task_log",
     "tasks",

@@ -9,6 +9,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::cleanup::CleanupArgs;
 use crate::consumer::ConsumerArgs;
+use crate::gateway::GatewayArgs;
 use crate::migrate::MigrateArgs;
 use crate::output::Out;
 use crate::publish::PublishArgs;
@@ -56,8 +57,10 @@ enum Command {
     Workers(WorkersArgs),
     /// Run the subscribers' housekeeping by hand (retention, lost leases, due tasks).
     Cleanup(CleanupArgs),
-    /// Serve the web dashboard, /metrics (Prometheus) and /healthz over HTTP.
+    /// Serve the web dashboard, the gateway, /metrics (Prometheus) and /healthz over HTTP.
     Serve(ServeArgs),
+    /// The gateway's client keys (docs/GATEWAY.md).
+    Gateway(GatewayArgs),
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the level set by `-v`.
@@ -85,6 +88,7 @@ pub async fn run(opt: Opt) -> Result<()> {
         Command::Workers(args) => crate::workers::run(&pool, out, args).await,
         Command::Cleanup(args) => crate::cleanup::run(&pool, out, args).await,
         Command::Serve(args) => crate::serve::run(&pool, args).await,
+        Command::Gateway(args) => crate::gateway::run(&pool, out, args).await,
     }
 }
 

@@ -5,6 +5,7 @@ use clap::Parser;
 mod cleanup;
 mod cli;
 mod consumer;
+mod gateway;
 mod migrate;
 mod output;
 mod publish;

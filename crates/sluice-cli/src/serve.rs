@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// pooler in transaction mode, where LISTEN does not work.
     #[arg(long)]
     poll_only: bool,
+
+    /// Do not serve the gateway at /gateway (WebSocket clients logging in with
+    /// keys added by `sluice gateway key add`; docs/GATEWAY.md).
+    #[arg(long)]
+    no_gateway: bool,
 }
 
 pub async fn run(pool: &PgPool, args: ServeArgs) -> Result<()> {
@@ -49,11 +54,18 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> Result<()> {
     if let Some(auth) = args.basic_auth {
         dashboard = sluice_serve::require_basic_auth(dashboard, auth);
     }
-    let app = sluice_serve::router(sluice_serve::State::new(pool.clone(), metrics)).merge(dashboard);
+    let mut app = sluice_serve::router(sluice_serve::State::new(pool.clone(), metrics)).merge(dashboard);
+    // The gateway has its own authentication (keys), not basic auth.
+    let gateway = if args.no_gateway {
+        String::new()
+    } else {
+        app = app.merge(sluice_gateway::router(sluice_gateway::GatewayState::new(pool.clone())));
+        format!(", the gateway at ws://{address}{}", sluice_gateway::PATH)
+    };
     // stdout, so a supervisor's log shows where to look.
     println!(
-        "serving the dashboard at http://{address}/, http://{address}/metrics and http://{address}/healthz \
-         (Ctrl-C to stop)"
+        "serving the dashboard at http://{address}/{gateway}, http://{address}/metrics and \
+         http://{address}/healthz (Ctrl-C to stop)"
     );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

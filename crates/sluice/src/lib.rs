@@ -70,7 +70,7 @@ pub use stats::{
     database_health, queue_stats, storage_stats, throughput, ConsumerStats, DatabaseHealth, Minute, QueueStats,
     StorageStats, TableStats, XminHolder, THROUGHPUT_KEPT_MINUTES,
 };
-pub use subject::{check_pattern, check_subject, subject_matches};
+pub use subject::{check_name, check_pattern, check_subject, subject_matches};
 pub use subscriber::{sub, BackoffFn, ShutdownReport, SubscriberEvent, SubscriberHandle, Subscription};
 pub use tasks::{
     cancel_task, cancel_tasks, count_tasks, discard_task, discard_tasks, get_task, list_tasks, retry_task, retry_tasks,

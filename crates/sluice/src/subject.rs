@@ -42,9 +42,10 @@ fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '-'
 }
 
-/// Checks a stream or consumer name: 1 to 64 characters of letters, digits,
-/// `_` and `-`, starting with a letter or digit.
-pub(crate) fn check_name(kind: &'static str, name: &str) -> Result<(), InvalidInput> {
+/// Checks a stream, consumer or other name: 1 to 64 characters of letters,
+/// digits, `_` and `-`, starting with a letter or digit. `kind` names what
+/// it is in the error.
+pub fn check_name(kind: &'static str, name: &str) -> Result<(), InvalidInput> {
     let fail = |reason: &str| InvalidInput::Name { kind, name: name.to_string(), reason: reason.to_string() };
     if name.is_empty() {
         return Err(fail("a name cannot be empty"));

@@ -1,0 +1,422 @@
+//! The gateway (`sluice_gateway`, protocol `sluice.v1` of docs/GATEWAY.md)
+//! as a client in another language sees it: a real WebSocket client
+//! (tokio-tungstenite) against the gateway served on a free port, on a real
+//! database. Every frame, and every bad input with its error code and
+//! whether the connection stays open; nothing stored changes on an error.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use ed25519_dalek::{Signer, SigningKey};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use sluice_gateway::{GatewayState, Limits, NewKey};
+use support::TestDb;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A client's key pair, from a seed (tests need no randomness here).
+fn signing_key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn public_key(key: &SigningKey) -> String {
+    b64(&key.verifying_key().to_bytes())
+}
+
+/// The gateway on a free port of 127.0.0.1, serving until the test ends.
+async fn serve(db: &TestDb, limits: Limits) -> String {
+    let app = sluice_gateway::router(GatewayState::with_limits(db.pool.clone(), limits));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("ws://{address}{}", sluice_gateway::PATH)
+}
+
+/// A stream `orders` and a key `billing-py` (seed 1) that may publish to it.
+async fn seeded(limits: Limits) -> (TestDb, String) {
+    let db = TestDb::new().await;
+    sluice::create_stream(&db.pool, "orders", sluice::StreamOptions::default()).await.unwrap();
+    sluice::create_stream(&db.pool, "audit", sluice::StreamOptions::default()).await.unwrap();
+    let key = NewKey::new("billing-py", public_key(&signing_key(1))).publish("orders").publish("ghosts");
+    sluice_gateway::add_key(&db.pool, key).await.unwrap();
+    let url = serve(&db, limits).await;
+    (db, url)
+}
+
+/// A connected socket and the challenge's nonce.
+async fn connect(url: &str) -> (Socket, [u8; 32]) {
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", sluice_gateway::PROTOCOL.parse().unwrap());
+    let (mut socket, response) = tokio_tungstenite::connect_async(request).await.expect("connect");
+    assert_eq!(response.headers()["sec-websocket-protocol"], sluice_gateway::PROTOCOL);
+    let challenge = next(&mut socket).await;
+    assert_eq!((challenge["type"].as_str(), challenge["protocol"].as_str()), (Some("challenge"), Some("sluice.v1")));
+    let nonce = base64::engine::general_purpose::STANDARD.decode(challenge["nonce"].as_str().unwrap()).unwrap();
+    (socket, nonce.try_into().expect("a 32-byte nonce"))
+}
+
+/// The hello a client sends: its public key and its signature over the nonce.
+fn hello(key: &SigningKey, nonce: &[u8; 32]) -> Value {
+    let public = key.verifying_key().to_bytes();
+    let signature = key.sign(&sluice_gateway::signed_message(nonce, &public));
+    json!({"type": "hello", "public_key": b64(&public), "signature": b64(&signature.to_bytes()), "client": "tests/1"})
+}
+
+/// Logged in with `key`: the socket and the welcome.
+async fn login(url: &str, key: &SigningKey) -> (Socket, Value) {
+    let (mut socket, nonce) = connect(url).await;
+    send(&mut socket, hello(key, &nonce)).await;
+    let welcome = next(&mut socket).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (socket, welcome)
+}
+
+async fn send(socket: &mut Socket, frame: Value) {
+    socket.send(Message::text(frame.to_string())).await.expect("send");
+}
+
+/// The next JSON frame (pings are skipped).
+async fn next(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("a frame within 20 s")
+            .expect("the socket is open")
+            .expect("a frame");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// The close frame's code, once the server closes (frames before it are skipped).
+async fn closed_with(socket: &mut Socket) -> u16 {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("closed within 20 s") {
+            Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => panic!("closed without a close code"),
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Sends a request and returns the answer, which must echo its id.
+async fn ask(socket: &mut Socket, frame: Value) -> Value {
+    let id = frame["id"].clone();
+    send(socket, frame).await;
+    let answer = next(socket).await;
+    assert_eq!(answer["id"], id, "the answer echoes the id: {answer}");
+    answer
+}
+
+/// An error frame's code, asserting it is one.
+fn code(answer: &Value) -> &str {
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
+    answer["code"].as_str().unwrap()
+}
+
+/// Every event stored, as (id, subject): what a bad request must not change.
+async fn events(db: &TestDb) -> Vec<(i64, String)> {
+    sqlx::query_as("SELECT id, subject FROM sluice.events ORDER BY id").fetch_all(&db.pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_client_logs_in_with_its_key_and_publishes_one_event_or_a_batch() {
+    let (db, url) = seeded(Limits::default()).await;
+    let (mut socket, welcome) = login(&url, &signing_key(1)).await;
+    assert_eq!(welcome["key"], "billing-py");
+    assert_eq!(welcome["publish"], json!(["orders", "ghosts"]));
+    assert_eq!(welcome["limits"]["max_batch"], 500);
+    assert!(uuid::Uuid::parse_str(welcome["connection"].as_str().unwrap()).is_ok(), "{welcome}");
+
+    let one = ask(
+        &mut socket,
+        json!({"type": "publish", "id": 1, "stream": "orders",
+               "events": [{"subject": "orders.eu.created", "payload": {"id": 42}}]}),
+    )
+    .await;
+    assert_eq!(one["type"], "published", "{one}");
+    let first = one["events"][0]["id"].as_i64().unwrap();
+    assert_eq!(one["events"][0]["duplicate"], false);
+
+    let batch = ask(
+        &mut socket,
+        json!({"type": "publish", "id": "b-2", "stream": "orders", "events": [
+            {"subject": "orders.eu.paid", "payload": [1, 2], "metadata": {"tenant": "eu"}, "key": "customer-7",
+             "priority": 4, "deliver_at": "2030-01-01T00:00:00Z"},
+            {"subject": "orders.us.paid", "payload": "plain"}
+        ]}),
+    )
+    .await;
+    let ids: Vec<i64> = batch["events"].as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(first < ids[0] && ids[0] < ids[1], "{ids:?}");
+    let stored: (String, Value, Value, Option<String>, i16, bool) = sqlx::query_as(
+        "SELECT subject, payload, metadata, key, priority, deliver_at = '2030-01-01T00:00:00Z'
+         FROM sluice.events WHERE id = $1",
+    )
+    .bind(ids[0])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        ("orders.eu.paid".into(), json!([1, 2]), json!({"tenant": "eu"}), Some("customer-7".into()), 4, true)
+    );
+    assert_eq!(events(&db).await.len(), 3);
+
+    let pong = ask(&mut socket, json!({"type": "ping", "id": "p"})).await;
+    assert_eq!(pong["type"], "pong");
+}
+
+#[tokio::test]
+async fn a_retried_publish_with_idempotency_keys_is_stored_once() {
+    let (db, url) = seeded(Limits::default()).await;
+    let (mut socket, _) = login(&url, &signing_key(1)).await;
+    let frame = |id: i64| {
+        json!({"type": "publish", "id": id, "stream": "orders", "events": [
+            {"subject": "orders.eu.created", "payload": 1, "idempotency_key": "order-1"},
+            {"subject": "orders.eu.created", "payload": 2}
+        ]})
+    };
+    let first = ask(&mut socket, frame(1)).await;
+    let retried = ask(&mut socket, frame(2)).await;
+    assert_eq!(first["events"][0]["duplicate"], false);
+    assert_eq!(retried["events"][0], json!({"id": first["events"][0]["id"], "duplicate": true}));
+    assert_eq!(retried["events"][1]["duplicate"], false, "an event without a key is published again");
+    assert_eq!(events(&db).await.len(), 3);
+
+    // The same key from two connections at once: one event, both told its id.
+    let (mut other, _) = login(&url, &signing_key(1)).await;
+    let same = |id: i64| {
+        json!({"type": "publish", "id": id, "stream": "orders",
+               "events": [{"subject": "orders.eu.created", "payload": 3, "idempotency_key": "order-3"}]})
+    };
+    send(&mut socket, same(3)).await;
+    send(&mut other, same(4)).await;
+    let (a, b) = (next(&mut socket).await, next(&mut other).await);
+    assert_eq!(a["events"][0]["id"], b["events"][0]["id"], "{a} {b}");
+    let fresh = [&a, &b].iter().filter(|x| x["events"][0]["duplicate"] == false).count();
+    assert_eq!(fresh, 1, "{a} {b}");
+    assert_eq!(events(&db).await.len(), 4);
+
+    // Keys are per stream: the same key on another stream is another event.
+    sluice_gateway::add_key(&db.pool, NewKey::new("auditor", public_key(&signing_key(2))).publish("audit"))
+        .await
+        .unwrap();
+    let (mut auditor, _) = login(&url, &signing_key(2)).await;
+    let audit = ask(
+        &mut auditor,
+        json!({"type": "publish", "id": 5, "stream": "audit",
+               "events": [{"subject": "audit.x", "payload": 1, "idempotency_key": "order-1"}]}),
+    )
+    .await;
+    assert_eq!(audit["events"][0]["duplicate"], false, "{audit}");
+}
+
+#[tokio::test]
+async fn bad_logins_are_refused_with_a_code_and_closed() {
+    let (db, url) = seeded(Limits::default().auth_timeout(Duration::from_millis(500))).await;
+    let stranger = signing_key(9);
+    let member = signing_key(1);
+
+    // A valid signature by a key nobody registered.
+    let (mut socket, nonce) = connect(&url).await;
+    send(&mut socket, hello(&stranger, &nonce)).await;
+    let refused = next(&mut socket).await;
+    assert_eq!(code(&refused), "auth_failed");
+    assert!(refused["message"].as_str().unwrap().contains("no gateway key is registered"), "{refused}");
+    assert_eq!(closed_with(&mut socket).await, 1008);
+
+    // A signature replayed from an earlier connection: made for another nonce.
+    let (_, old_nonce) = connect(&url).await;
+    let replayed = hello(&member, &old_nonce);
+    let (mut socket, _) = connect(&url).await;
+    send(&mut socket, replayed).await;
+    let refused = next(&mut socket).await;
+    assert_eq!(code(&refused), "auth_failed");
+    assert!(refused["message"].as_str().unwrap().contains("does not verify"), "{refused}");
+    assert_eq!(closed_with(&mut socket).await, 1008);
+
+    // A member's public key with a stranger's signature; malformed signatures and hellos.
+    let (mut socket, nonce) = connect(&url).await;
+    let mut forged = hello(&stranger, &nonce);
+    forged["public_key"] = json!(public_key(&member));
+    send(&mut socket, forged).await;
+    assert_eq!(code(&next(&mut socket).await), "auth_failed");
+    let bad_hellos = [
+        json!({"type": "hello", "public_key": public_key(&member), "signature": "%%%"}),
+        json!({"type": "hello", "public_key": public_key(&member), "signature": b64(&[0; 12])}),
+        json!({"type": "hello", "public_key": b64(&[1; 31]), "signature": b64(&[0; 64])}),
+        json!({"type": "hello", "public_key": public_key(&member)}),
+        json!({"type": "hello", "public_key": public_key(&member), "signature": b64(&[0; 64]), "token": "x"}),
+    ];
+    for bad in bad_hellos {
+        let (mut socket, _) = connect(&url).await;
+        send(&mut socket, bad.clone()).await;
+        assert_eq!(code(&next(&mut socket).await), "auth_failed", "{bad}");
+        assert_eq!(closed_with(&mut socket).await, 1008, "{bad}");
+    }
+
+    // A request before logging in, and no hello at all.
+    let (mut socket, _) = connect(&url).await;
+    send(&mut socket, json!({"type": "publish", "id": 1, "stream": "orders", "events": []})).await;
+    let refused = next(&mut socket).await;
+    assert_eq!((code(&refused), &refused["id"]), ("not_authenticated", &json!(1)));
+    assert_eq!(closed_with(&mut socket).await, 1008);
+    let (mut socket, _) = connect(&url).await;
+    assert_eq!(code(&next(&mut socket).await), "auth_timeout");
+    assert_eq!(closed_with(&mut socket).await, 1008);
+
+    // A revoked key.
+    sluice_gateway::revoke_key(&db.pool, "billing-py").await.unwrap();
+    let (mut socket, nonce) = connect(&url).await;
+    send(&mut socket, hello(&member, &nonce)).await;
+    let refused = next(&mut socket).await;
+    assert_eq!(code(&refused), "auth_failed");
+    assert!(refused["message"].as_str().unwrap().contains("revoked"), "{refused}");
+    assert!(events(&db).await.is_empty(), "nothing stored");
+}
+
+#[tokio::test]
+async fn bad_requests_get_typed_errors_the_connection_stays_and_nothing_is_stored() {
+    let limits = Limits::default().max_batch(3).max_frame_bytes(4096);
+    let (db, url) = seeded(limits).await;
+    let (mut socket, _) = login(&url, &signing_key(1)).await;
+    let event = json!({"subject": "orders.eu.created", "payload": 1});
+    let publish = |events: Value| json!({"type": "publish", "id": 9, "stream": "orders", "events": events});
+    let with = |field: &str, value: Value| {
+        let mut e = event.clone();
+        e[field] = value;
+        publish(json!([e]))
+    };
+    let cases = [
+        (json!({"type": "publish", "id": 1, "stream": "audit", "events": [event]}), "forbidden"),
+        (json!({"type": "publish", "id": 1, "stream": "ghosts", "events": [event]}), "not_found"),
+        (json!({"type": "publish", "id": 1, "stream": "no way", "events": [event]}), "invalid"),
+        (publish(json!([])), "invalid"),
+        (publish(json!([event, event, event, event])), "batch_too_large"),
+        (with("subject", json!("orders..bad")), "invalid"),
+        (with("priority", json!(9)), "invalid"),
+        (with("deliver_at", json!("next tuesday")), "invalid"),
+        (with("idempotency_key", json!("")), "invalid"),
+        (with("idempotency_key", json!("k".repeat(201))), "invalid"),
+        (
+            publish(json!([{"subject": "a.b", "payload": 1, "idempotency_key": "k"},
+                           {"subject": "a.b", "payload": 2, "idempotency_key": "k"}])),
+            "invalid",
+        ),
+        (with("metadata", json!({"n": 1})), "malformed"),
+        (with("colour", json!("red")), "malformed"),
+        (json!({"type": "publish", "id": 1, "events": [event]}), "malformed"),
+        (json!({"type": "publish", "stream": "orders", "events": [event]}), "malformed"),
+        (json!({"type": "teleport", "id": 1}), "unknown_type"),
+        (json!({"type": "subscribe", "id": 1, "stream": "orders", "consumer": "c", "credit": 1}), "unsupported"),
+        (json!({"type": "hello", "id": 1}), "invalid"),
+        (json!({"id": 1}), "malformed"),
+    ];
+    for (frame, expected) in cases {
+        send(&mut socket, frame.clone()).await;
+        let answer = next(&mut socket).await;
+        assert_eq!(code(&answer), expected, "{frame}: {answer}");
+    }
+    socket.send(Message::text("{not json")).await.unwrap();
+    assert_eq!(code(&next(&mut socket).await), "malformed");
+    socket.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(code(&next(&mut socket).await), "malformed");
+    // Still open after all that: the connection survives requests it refuses.
+    assert_eq!(ask(&mut socket, json!({"type": "ping", "id": 2})).await["type"], "pong");
+    assert!(events(&db).await.is_empty(), "nothing stored");
+
+    // A frame over the limit ends the connection, with code 1009.
+    let big = with("payload", json!("x".repeat(5000)));
+    send(&mut socket, big).await;
+    assert_eq!(code(&next(&mut socket).await), "frame_too_large");
+    assert_eq!(closed_with(&mut socket).await, 1009);
+    // Far over it (past what the WebSocket layer reads at all): the
+    // connection ends; the error frame may be lost to the reset of a socket
+    // closed with unread data, as docs/GATEWAY.md says.
+    let (mut socket, _) = login(&url, &signing_key(1)).await;
+    let _ = socket.send(Message::text(with("payload", json!("x".repeat(200_000))).to_string())).await;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("ends within 20 s") {
+            Some(Ok(Message::Text(text))) => assert!(text.contains("frame_too_large"), "{text}"),
+            Some(Ok(Message::Close(frame))) => {
+                assert!(frame.as_ref().is_none_or(|f| u16::from(f.code) == 1009), "{frame:?}");
+                break;
+            }
+            Some(Ok(_)) => continue,
+            None | Some(Err(_)) => break,
+        }
+    }
+    assert!(events(&db).await.is_empty(), "nothing stored");
+}
+
+#[tokio::test]
+async fn a_key_has_at_most_its_connections_and_revoking_it_closes_them() {
+    let (db, url) = seeded(Limits::default().max_connections_per_key(2)).await;
+    let member = signing_key(1);
+    let (mut first, _) = login(&url, &member).await;
+    let (second, _) = login(&url, &member).await;
+    let (mut third, nonce) = connect(&url).await;
+    send(&mut third, hello(&member, &nonce)).await;
+    assert_eq!(code(&next(&mut third).await), "too_many_connections");
+    assert_eq!(closed_with(&mut third).await, 1008);
+    // One closes: its slot is free again.
+    drop(second);
+    support::wait_until(Duration::from_secs(10), "a slot freed", || async {
+        let (mut socket, nonce) = connect(&url).await;
+        send(&mut socket, hello(&member, &nonce)).await;
+        next(&mut socket).await["type"] == "welcome"
+    })
+    .await;
+
+    sluice_gateway::revoke_key(&db.pool, "billing-py").await.unwrap();
+    let refused = tokio::time::timeout(sluice_gateway::REVOCATION_CHECK * 3, next(&mut first)).await.unwrap();
+    assert_eq!(code(&refused), "revoked");
+    assert_eq!(closed_with(&mut first).await, 1008);
+}
+
+#[tokio::test]
+async fn keys_are_checked_when_added_and_revoked_once() {
+    let db = TestDb::new().await;
+    let key = public_key(&signing_key(1));
+    let added =
+        sluice_gateway::add_key(&db.pool, NewKey::new("a", &key).publish("orders").consume("orders", "billing"))
+            .await
+            .unwrap();
+    assert_eq!((added.publish.clone(), added.consume.clone()), (vec!["orders".into()], vec!["orders/billing".into()]));
+    assert_eq!(added.public_key, key);
+    let bad = [
+        (NewKey::new("no way", &key), "invalid name"),
+        (NewKey::new("b", "!!"), "is not base64"),
+        (NewKey::new("b", b64(&[1; 16])), "32 bytes, this one is 16"),
+        (NewKey::new("b", public_key(&signing_key(2))).publish("a b"), "invalid --publish"),
+        (NewKey::new("b", public_key(&signing_key(2))).consume("orders", ""), "invalid --consume"),
+        (NewKey::new("a", public_key(&signing_key(2))), "gateway key \"a\" exists already"),
+        (NewKey::new("b", &key), "registered already, as gateway key \"a\""),
+    ];
+    for (new, says) in bad {
+        let e = sluice_gateway::add_key(&db.pool, new).await.unwrap_err();
+        assert!(e.to_string().contains(says), "{e} should say {says:?}");
+    }
+    assert_eq!(sluice_gateway::list_keys(&db.pool).await.unwrap(), std::slice::from_ref(&added), "nothing else stored");
+    let revoked = sluice_gateway::revoke_key(&db.pool, "a").await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+    let twice = sluice_gateway::revoke_key(&db.pool, "a").await.unwrap_err();
+    assert!(twice.to_string().contains("revoked already"), "{twice}");
+    let unknown = sluice_gateway::revoke_key(&db.pool, "zz").await.unwrap_err();
+    assert!(unknown.to_string().contains("gateway key \"zz\" does not exist"), "{unknown}");
+}
