@@ -84,10 +84,11 @@ async fn send(socket: &mut Socket, frame: Value) {
     socket.send(Message::text(frame.to_string())).await.expect("send");
 }
 
-/// The next JSON frame (pings are skipped).
+/// The next JSON frame (pings are skipped), within 20 s in all.
 async fn next(socket: &mut Socket) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
+        let message = tokio::time::timeout_at(deadline, socket.next())
             .await
             .expect("a frame within 20 s")
             .expect("the socket is open")
@@ -100,10 +101,12 @@ async fn next(socket: &mut Socket) -> Value {
     }
 }
 
-/// The close frame's code, once the server closes (frames before it are skipped).
+/// The close frame's code, once the server closes (frames before it are
+/// skipped), within 20 s in all.
 async fn closed_with(socket: &mut Socket) -> u16 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("closed within 20 s") {
+        match tokio::time::timeout_at(deadline, socket.next()).await.expect("closed within 20 s") {
             Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
             Some(Ok(Message::Close(None))) | None | Some(Err(_)) => panic!("closed without a close code"),
             Some(Ok(_)) => continue,
@@ -323,7 +326,7 @@ async fn bad_requests_get_typed_errors_the_connection_stays_and_nothing_is_store
         (json!({"type": "publish", "id": 1, "events": [event]}), "malformed"),
         (json!({"type": "publish", "stream": "orders", "events": [event]}), "malformed"),
         (json!({"type": "teleport", "id": 1}), "unknown_type"),
-        (json!({"type": "subscribe", "id": 1, "stream": "orders", "consumer": "c", "credit": 1}), "unsupported"),
+        (json!({"type": "subscribe", "id": 1, "stream": "orders", "consumer": "c", "credit": 1}), "forbidden"),
         (json!({"type": "hello", "id": 1}), "invalid"),
         (json!({"id": 1}), "malformed"),
     ];
@@ -419,4 +422,237 @@ async fn keys_are_checked_when_added_and_revoked_once() {
     assert!(twice.to_string().contains("revoked already"), "{twice}");
     let unknown = sluice_gateway::revoke_key(&db.pool, "zz").await.unwrap_err();
     assert!(unknown.to_string().contains("gateway key \"zz\" does not exist"), "{unknown}");
+}
+
+/// A stream `orders` with consumer `billing` (quick retries, a long lease)
+/// and a key (seed 1) that may take tasks from it, with `events` published.
+async fn taking(limits: Limits, events: usize) -> (TestDb, String, Vec<sluice::EventId>) {
+    let db = TestDb::new().await;
+    sluice::create_stream(&db.pool, "orders", sluice::StreamOptions::default()).await.unwrap();
+    let options = sluice::ConsumerOptions::default()
+        .backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .lease(Duration::from_secs(120))
+        .max_attempts(5);
+    sluice::create_consumer(&db.pool, "orders", "billing", options).await.unwrap();
+    let key =
+        NewKey::new("billing-py", public_key(&signing_key(1))).consume("orders", "billing").consume("orders", "ghost");
+    sluice_gateway::add_key(&db.pool, key).await.unwrap();
+    let batch = (0..events).map(|n| sluice::NewEvent::new("orders.eu.created", &json!({"n": n})).unwrap());
+    let ids = sluice::publish_batch(&db.pool, "orders", batch).await.unwrap();
+    let url = serve(&db, limits).await;
+    (db, url, ids)
+}
+
+/// A logged-in client that keeps the frames the server pushes (`deliver`,
+/// `expired`) apart from the answers to its requests.
+struct Client {
+    socket: Socket,
+    pushed: std::collections::VecDeque<Value>,
+}
+
+impl Client {
+    async fn login(url: &str, key: &SigningKey) -> Client {
+        Client { socket: login(url, key).await.0, pushed: Default::default() }
+    }
+
+    /// Sends a request and returns its answer, keeping pushed frames for later.
+    async fn ask(&mut self, frame: Value) -> Value {
+        let id = frame["id"].clone();
+        send(&mut self.socket, frame).await;
+        loop {
+            let answer = next(&mut self.socket).await;
+            if answer["type"] == "deliver" || answer["type"] == "expired" {
+                self.pushed.push_back(answer);
+                continue;
+            }
+            assert_eq!(answer["id"], id, "the answer echoes the id: {answer}");
+            return answer;
+        }
+    }
+
+    /// The next pushed frame of this type.
+    async fn pushed(&mut self, kind: &str) -> Value {
+        if let Some(i) = self.pushed.iter().position(|f| f["type"] == kind) {
+            return self.pushed.remove(i).unwrap();
+        }
+        loop {
+            let frame = next(&mut self.socket).await;
+            if frame["type"] == kind {
+                return frame;
+            }
+            assert!(frame["type"] == "deliver" || frame["type"] == "expired", "pushed frames only: {frame}");
+            self.pushed.push_back(frame);
+        }
+    }
+
+    async fn delivery(&mut self) -> Value {
+        self.pushed("deliver").await
+    }
+}
+
+/// Tasks by state, as the database has them.
+async fn states(db: &TestDb) -> Vec<(String, i64)> {
+    support::task_states(&db.pool, "billing").await
+}
+
+#[tokio::test]
+async fn a_client_takes_tasks_within_its_credit_and_settles_them_by_lease_token() {
+    let (db, url, ids) = taking(Limits::default(), 5).await;
+    let mut client = Client::login(&url, &signing_key(1)).await;
+    let subscribed =
+        client.ask(json!({"type": "subscribe", "id": 1, "stream": "orders", "consumer": "billing", "credit": 2})).await;
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    let s = subscribed["subscription"].clone();
+    let (a, b) = (client.delivery().await, client.delivery().await);
+    assert_eq!(
+        (a["subscription"].clone(), a["stream"].as_str(), a["consumer"].as_str()),
+        (s.clone(), Some("orders"), Some("billing"))
+    );
+    assert_eq!(a["event_id"], ids[0].0, "in order: {a}");
+    assert_eq!(
+        (a["attempt"].as_i64(), a["subject"].as_str(), a["payload"].clone()),
+        (Some(1), Some("orders.eu.created"), json!({"n": 0}))
+    );
+    assert!(a["lease_token"].as_str().is_some_and(|t| t.parse::<i64>().is_ok()), "{a}");
+    // The credit is used up: two held, the rest wait (as tasks or still as events).
+    let running = states(&db).await.into_iter().find(|(s, _)| s == "running").map(|(_, n)| n);
+    assert_eq!(running, Some(2));
+
+    let acked = client.ask(json!({"type": "ack", "id": 2, "lease_token": a["lease_token"]})).await;
+    assert_eq!(acked["type"], "ok", "{acked}");
+    let c = client.delivery().await;
+    let nacked = client.ask(
+        json!({"type": "nack", "id": 3, "lease_token": b["lease_token"], "action": "requeue_end", "reason": "later"}),
+    )
+    .await;
+    assert_eq!((nacked["type"].as_str(), nacked["state"].as_str()), (Some("ok"), Some("available")), "{nacked}");
+    let d = client.delivery().await;
+    let deferred = client.ask(
+        json!({"type": "defer", "id": 4, "lease_token": c["lease_token"], "delay_ms": 3_600_000, "priority": 5, "reason": "tomorrow"}),
+    )
+    .await;
+    assert!(deferred["due"].as_str().is_some(), "{deferred}");
+    let extended = client.ask(json!({"type": "extend", "id": 5, "lease_token": d["lease_token"]})).await;
+    assert_eq!(extended["type"], "ok", "{extended}");
+    let more = client.ask(json!({"type": "credit", "id": 6, "subscription": s, "add": 3})).await;
+    assert_eq!(more["credit"], 5, "{more}");
+    // Settle everything else as it comes: the requeued one comes back too.
+    let mut open = vec![d];
+    let mut acks = 0;
+    while let Some(task) = open.pop() {
+        let done = client.ask(json!({"type": "ack", "id": 100 + acks, "lease_token": task["lease_token"]})).await;
+        assert_eq!(done["type"], "ok", "{done}");
+        acks += 1;
+        if acks < 3 {
+            open.push(client.delivery().await);
+        }
+    }
+    support::wait_until(Duration::from_secs(10), "all but the deferred task done", || async {
+        states(&db).await == [("scheduled".to_string(), 1)]
+    })
+    .await;
+    let log = sluice::task_log(&db.pool, "orders", "billing", ids[2]).await.unwrap();
+    assert!(log.iter().any(|e| e.action == "deferred" && e.reason.as_deref() == Some("tomorrow")), "{log:?}");
+}
+
+#[tokio::test]
+async fn a_gone_clients_tasks_are_released_at_once_and_go_to_the_next_client() {
+    let (db, url, _) = taking(Limits::default(), 3).await;
+    let mut client = Client::login(&url, &signing_key(1)).await;
+    client.ask(json!({"type": "subscribe", "id": 1, "stream": "orders", "consumer": "billing", "credit": 3})).await;
+    for _ in 0..3 {
+        client.delivery().await;
+    }
+    drop(client);
+    // Well before the 120 s lease: released, not failed.
+    support::wait_until(Duration::from_secs(15), "the tasks back at once", || async {
+        states(&db).await == [("available".to_string(), 3)]
+    })
+    .await;
+    let released: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sluice.task_log WHERE action = 'released' AND reason = 'the gateway client disconnected'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(released, 3);
+    let mut next_client = Client::login(&url, &signing_key(1)).await;
+    next_client
+        .ask(json!({"type": "subscribe", "id": 1, "stream": "orders", "consumer": "billing", "credit": 3}))
+        .await;
+    let again = next_client.delivery().await;
+    assert_eq!(again["attempt"], 2, "the released attempt counts, as a shutdown's does: {again}");
+}
+
+#[tokio::test]
+async fn an_unsettled_task_expires_unless_extended_and_its_old_token_is_refused() {
+    let limits = Limits::default().settle_timeout(Duration::from_millis(1500));
+    let (db, url, _) = taking(limits, 2).await;
+    let mut client = Client::login(&url, &signing_key(1)).await;
+    client.ask(json!({"type": "subscribe", "id": 1, "stream": "orders", "consumer": "billing", "credit": 2})).await;
+    let (first, second) = (client.delivery().await, client.delivery().await);
+    // Keep the second alive past the timeout; let the first expire.
+    let keep = tokio::time::Instant::now() + Duration::from_millis(2500);
+    let mut n = 10;
+    while tokio::time::Instant::now() < keep {
+        let extended = client.ask(json!({"type": "extend", "id": n, "lease_token": second["lease_token"]})).await;
+        assert_eq!(extended["type"], "ok", "{extended}");
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let expired = client.pushed("expired").await;
+    assert_eq!(expired["lease_token"], first["lease_token"], "{expired}");
+    // The expired attempt failed and comes back as attempt 2; the old token settles nothing.
+    let retry = client.delivery().await;
+    assert_eq!((retry["event_id"].clone(), retry["attempt"].as_i64()), (first["event_id"].clone(), Some(2)), "{retry}");
+    let stale = client.ask(json!({"type": "ack", "id": 1, "lease_token": first["lease_token"]})).await;
+    assert_eq!(code(&stale), "lease_lost");
+    for task in [&second, &retry] {
+        assert_eq!(client.ask(json!({"type": "ack", "id": 2, "lease_token": task["lease_token"]})).await["type"], "ok");
+    }
+    let task =
+        sluice::get_task(&db.pool, "orders", "billing", sluice::EventId(first["event_id"].as_i64().unwrap())).await;
+    assert!(matches!(task, Err(sluice::Error::TaskNotFound { .. })), "completed and removed: {task:?}");
+}
+
+#[tokio::test]
+async fn bad_subscribes_and_settles_get_typed_errors_and_change_nothing() {
+    let (db, url, _) = taking(Limits::default().max_credit(10), 1).await;
+    let mut client = Client::login(&url, &signing_key(1)).await;
+    let subscribe = |consumer: &str, credit: i64| json!({"type": "subscribe", "id": 1, "stream": "orders", "consumer": consumer, "credit": credit});
+    for (frame, expected) in [
+        (subscribe("audit", 1), "forbidden"),
+        (subscribe("ghost", 1), "not_found"),
+        (subscribe("billing", 0), "invalid"),
+        (subscribe("billing", 11), "credit_exceeded"),
+        (subscribe("billing", -1), "malformed"),
+    ] {
+        assert_eq!(code(&client.ask(frame.clone()).await), expected, "{frame}");
+    }
+    let s = client.ask(subscribe("billing", 1)).await["subscription"].clone();
+    assert_eq!(code(&client.ask(subscribe("billing", 1)).await), "invalid", "subscribed already");
+    let task = client.delivery().await;
+    let token = task["lease_token"].clone();
+    let before = states(&db).await;
+    for (frame, expected) in [
+        (json!({"type": "credit", "id": 2, "subscription": s, "add": 10}), "credit_exceeded"),
+        (json!({"type": "credit", "id": 2, "subscription": "s99", "add": 1}), "not_found"),
+        (json!({"type": "ack", "id": 3, "lease_token": "12345678"}), "lease_lost"),
+        (json!({"type": "ack", "id": 3, "lease_token": "abc"}), "malformed"),
+        (json!({"type": "nack", "id": 4, "lease_token": token, "action": "explode"}), "invalid"),
+        (json!({"type": "defer", "id": 5, "lease_token": token}), "invalid"),
+        (
+            json!({"type": "defer", "id": 5, "lease_token": token, "delay_ms": 1, "until": "2030-01-01T00:00:00Z"}),
+            "invalid",
+        ),
+        (json!({"type": "defer", "id": 5, "lease_token": token, "delay_ms": 1, "priority": 7}), "invalid"),
+        (json!({"type": "defer", "id": 5, "lease_token": token, "until": "2001-01-01T00:00:00Z"}), "invalid"),
+        (json!({"type": "extend", "id": 6, "lease_token": "999999"}), "lease_lost"),
+    ] {
+        assert_eq!(code(&client.ask(frame.clone()).await), expected, "{frame}");
+    }
+    assert_eq!(states(&db).await, before, "nothing changed");
+    // The task is still the client's: refused settles left it held.
+    assert_eq!(client.ask(json!({"type": "ack", "id": 7, "lease_token": token})).await["type"], "ok");
+    assert_eq!(code(&client.ask(json!({"type": "ack", "id": 8, "lease_token": token})).await), "lease_lost");
 }

@@ -551,3 +551,86 @@ async fn retries_and_deferrals_run_when_due_not_at_the_next_poll() {
     assert_eq!(task.state, TaskState::Completed);
     assert_eq!(task.attempt, 3);
 }
+
+async fn count_in(db: &TestDb, state: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM sluice.tasks WHERE state::text = $1")
+        .bind(state)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// A credit bounds the tasks a subscriber holds, whatever its concurrency;
+/// raising it lets the subscriber claim more at once.
+#[tokio::test]
+async fn a_credit_bounds_the_tasks_held_and_raising_it_claims_more() {
+    let db = TestDb::new().await;
+    setup(&db, fast()).await;
+    publish_batch(&db.pool, "jobs", (0..20).map(job)).await.unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let credit = sluice::Credit::new(3);
+    let handler = {
+        let gate = gate.clone();
+        move |_: Message<Value>| {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                Ok::<_, HandlerError>(())
+            }
+        }
+    };
+    let subscription = Subscription::new("jobs", "c").concurrency(16).credit(credit.clone());
+    let h = sub(&db.pool, subscription, handler).await.unwrap();
+    wait_until(WAIT, "3 tasks held", || async { count_in(&db, "running").await == 3 }).await;
+    // More events and their wake-up change nothing while the credit is used up.
+    publish_batch(&db.pool, "jobs", (20..25).map(job)).await.unwrap();
+    let watch_until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < watch_until {
+        assert_eq!(count_in(&db, "running").await, 3, "never more than the credit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    credit.add(4);
+    wait_until(WAIT, "7 tasks held once the credit rose", || async { count_in(&db, "running").await == 7 }).await;
+    gate.add_permits(25);
+    wait_until(WAIT, "every task done", || async {
+        count_in(&db, "available").await + count_in(&db, "running").await == 0
+    })
+    .await;
+    h.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `Message::release` hands a task back at once, not after its lease, and
+/// not as a failure: no error recorded, no backoff, logged with its reason.
+#[tokio::test]
+async fn a_released_task_comes_back_at_once_without_a_failure() {
+    let db = TestDb::new().await;
+    setup(&db, fast().lease(Duration::from_secs(120)).max_attempts(2)).await;
+    let id = publish(&db.pool, "jobs", job(1)).await.unwrap();
+    let seen: Log<(i32, String)> = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        move |msg: Message<Value>| {
+            let seen = seen.clone();
+            async move {
+                if msg.attempt() == 1 {
+                    msg.release("client went away").await.unwrap();
+                    let twice = msg.release("again").await.unwrap_err();
+                    seen.lock().unwrap().push((msg.attempt(), twice.to_string()));
+                } else {
+                    seen.lock().unwrap().push((msg.attempt(), "handled".into()));
+                }
+                Ok::<_, HandlerError>(())
+            }
+        }
+    };
+    let h = sub(&db.pool, serial(), handler).await.unwrap();
+    wait_until(WAIT, "handled on the second attempt", || async { seen.lock().unwrap().len() == 2 }).await;
+    h.shutdown(Duration::from_secs(5)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[1], (2, "handled".to_string()), "{seen:?}");
+    assert!(seen[0].1.contains("settled"), "a task is released once: {seen:?}");
+    let log = task_log(&db.pool, "jobs", "c", id).await.unwrap();
+    let actions: Vec<(&str, Option<&str>)> = log.iter().map(|e| (e.action.as_str(), e.reason.as_deref())).collect();
+    assert!(actions.contains(&("released", Some("client went away"))), "{actions:?}");
+    assert!(!actions.iter().any(|(a, _)| *a == "failed"), "not a failure: {actions:?}");
+}

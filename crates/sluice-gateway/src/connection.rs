@@ -9,9 +9,17 @@ use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+
 use crate::auth;
+use crate::deliver::{self, How, InHand, Settled, Taking};
 use crate::keys::{self, LoginKey};
-use crate::protocol::{self, Code, Hello, Ping, Publish, Refusal, ServerFrame, PROTOCOL, RESERVED};
+use crate::protocol::{
+    self, ByToken, Code, DeferFrame, Hello, MoreCredit, NackFrame, Ping, Publish, Refusal, ServerFrame, Subscribe,
+    PROTOCOL,
+};
 use crate::{sql, GatewayState};
 
 /// How often the server pings a client, and how long a client may stay
@@ -65,17 +73,38 @@ pub(crate) async fn serve(state: GatewayState, mut socket: WebSocket) {
             max_frame_bytes: limits.max_frame_bytes,
             max_batch: limits.max_batch,
             max_connections_per_key: limits.max_connections_per_key,
+            max_credit: limits.max_credit,
+            settle_timeout_ms: limits.settle_timeout.as_millis() as u64,
         },
     };
     if send(&mut socket, &welcome).await.is_err() {
         return;
     }
     info!(key = %key.name, %connection, "gateway client connected");
-    match requests(&state, &mut socket, &key).await {
+    let (outbound, mut deliveries) = mpsc::unbounded_channel();
+    let mut session = Session { state, key, outbound, in_hand: InHand::default(), taking: HashMap::new(), next: 1 };
+    match requests(&mut session, &mut socket, &mut deliveries).await {
         Ended::Gone => {}
         Ended::Refused(id, refusal) => refuse(&mut socket, id, refusal).await,
     }
-    info!(key = %key.name, %connection, "gateway client disconnected");
+    // Gone: its tasks are released at once, its subscribers stopped.
+    drop(deliveries);
+    session.in_hand.drop_all();
+    let stopping = session.taking.into_values().map(|t| t.handle.shutdown(Duration::from_secs(5)));
+    futures::future::join_all(stopping).await;
+    info!(key = %session.key.name, %connection, "gateway client disconnected");
+}
+
+/// One logged-in connection.
+struct Session {
+    state: GatewayState,
+    key: LoginKey,
+    /// Where handlers put deliveries for the socket.
+    outbound: mpsc::UnboundedSender<ServerFrame>,
+    in_hand: InHand,
+    /// The consumers it takes tasks from, by subscription id.
+    taking: HashMap<String, Taking>,
+    next: u64,
 }
 
 /// Waits for the `hello` and checks it: the signature first (so only the
@@ -123,8 +152,15 @@ async fn login(state: &GatewayState, socket: &mut WebSocket, nonce: &[u8; 32]) -
     }
 }
 
-/// Answers requests in order until the connection ends.
-async fn requests(state: &GatewayState, socket: &mut WebSocket, key: &LoginKey) -> Ended {
+/// Answers requests in order, and sends deliveries, until the connection ends.
+async fn requests(
+    session: &mut Session,
+    socket: &mut WebSocket,
+    deliveries: &mut mpsc::UnboundedReceiver<ServerFrame>,
+) -> Ended {
+    let state = session.state.clone();
+    let key = session.key.clone();
+    let key = &key;
     let mut pings = interval(PING_EVERY);
     pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
     pings.tick().await;
@@ -138,7 +174,7 @@ async fn requests(state: &GatewayState, socket: &mut WebSocket, key: &LoginKey) 
                 last_heard = Instant::now();
                 let text = match received {
                     None | Some(Ok(Message::Close(_))) => return Ended::Gone,
-                    Some(Err(e)) => return too_large(state, e).map_or(Ended::Gone, |r| Ended::Refused(None, r)),
+                    Some(Err(e)) => return too_large(&state, e).map_or(Ended::Gone, |r| Ended::Refused(None, r)),
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Binary(_))) => {
                         let refusal = Refusal::new(Code::Malformed, "binary frames are not part of sluice.v1; send JSON as text");
@@ -149,12 +185,17 @@ async fn requests(state: &GatewayState, socket: &mut WebSocket, key: &LoginKey) 
                     }
                     Some(Ok(_)) => continue,
                 };
-                let answer = match answer(state, key, &text).await {
+                let answer = match answer(session, &text).await {
                     Ok(frame) => frame,
                     Err((id, refusal)) if refusal.code.closes() => return Ended::Refused(id, refusal),
                     Err((id, refusal)) => error(id, refusal),
                 };
                 if send(socket, &answer).await.is_err() {
+                    return Ended::Gone;
+                }
+            }
+            Some(frame) = deliveries.recv() => {
+                if send(socket, &frame).await.is_err() {
                     return Ended::Gone;
                 }
             }
@@ -182,38 +223,106 @@ async fn requests(state: &GatewayState, socket: &mut WebSocket, key: &LoginKey) 
 }
 
 /// The answer to one request.
-async fn answer(
-    state: &GatewayState,
-    key: &LoginKey,
-    text: &str,
-) -> Result<ServerFrame, (Option<protocol::RequestId>, Refusal)> {
+async fn answer(session: &mut Session, text: &str) -> Result<ServerFrame, (Option<protocol::RequestId>, Refusal)> {
+    let state = session.state.clone();
     if text.len() > state.limits().max_frame_bytes {
-        return Err((None, frame_too_large(state, text.len())));
+        return Err((None, frame_too_large(&state, text.len())));
     }
     let envelope = protocol::envelope(text).map_err(|r| (None, r))?;
-    let id = envelope.id.clone();
-    let fail = |r: Refusal| (id.clone(), r);
-    let needs_id = || Refusal::new(Code::Malformed, format!("{}: a request has an `id`", envelope.kind));
-    match envelope.kind.as_str() {
+    let fail = |r: Refusal| (envelope.id.clone(), r);
+    let kind = envelope.kind.clone();
+    if kind == "hello" {
+        return Err(fail(Refusal::new(Code::Invalid, "logged in already")));
+    }
+    if !KINDS.contains(&kind.as_str()) {
+        return Err(fail(Refusal::new(Code::UnknownType, format!("{kind:?} is not a frame of sluice.v1"))));
+    }
+    let Some(id) = envelope.id.clone() else {
+        return Err(fail(Refusal::new(Code::Malformed, format!("{kind}: a request has an `id`"))));
+    };
+    let ok = |id: protocol::RequestId| ServerFrame::Ok { id, credit: None, state: None, due: None };
+    let ok_with = |id, credit, state, due| ServerFrame::Ok { id, credit, state, due };
+    let body = envelope.body;
+    match kind.as_str() {
         "publish" => {
-            let request_id = id.clone().ok_or_else(|| fail(needs_id()))?;
-            let frame: Publish = protocol::parse("publish", envelope.body).map_err(fail)?;
-            let events = crate::publish::publish(state, key, frame).await.map_err(fail)?;
-            Ok(ServerFrame::Published { id: request_id, events })
+            let frame: Publish = protocol::parse(&kind, body).map_err(fail)?;
+            let events = crate::publish::publish(&state, &session.key, frame).await.map_err(fail)?;
+            Ok(ServerFrame::Published { id, events })
         }
         "ping" => {
-            let request_id = id.clone().ok_or_else(|| fail(needs_id()))?;
-            let _: Ping = protocol::parse("ping", envelope.body).map_err(fail)?;
-            Ok(ServerFrame::Pong { id: request_id })
+            let _: Ping = protocol::parse(&kind, body).map_err(fail)?;
+            Ok(ServerFrame::Pong { id })
         }
-        "hello" => Err(fail(Refusal::new(Code::Invalid, "logged in already"))),
-        kind if RESERVED.contains(&kind) => Err(fail(Refusal::new(
-            Code::Unsupported,
-            format!("{kind:?} is reserved in sluice.v1 but this server does not serve it yet"),
-        ))),
-        kind => Err(fail(Refusal::new(Code::UnknownType, format!("{kind:?} is not a frame of sluice.v1")))),
+        "subscribe" => {
+            let frame: Subscribe = protocol::parse(&kind, body).map_err(fail)?;
+            if session.taking.values().any(|t| t.stream == frame.stream && t.consumer == frame.consumer) {
+                let message =
+                    format!("already taking tasks from consumer {:?} of stream {:?}", frame.consumer, frame.stream);
+                return Err(fail(Refusal::new(Code::Invalid, message)));
+            }
+            let subscription = format!("s{}", session.next);
+            let taking = deliver::subscribe(
+                &state,
+                &session.key,
+                subscription.clone(),
+                &frame,
+                session.outbound.clone(),
+                session.in_hand.clone(),
+            )
+            .await
+            .map_err(fail)?;
+            session.next += 1;
+            session.taking.insert(subscription.clone(), taking);
+            Ok(ServerFrame::Subscribed { id, subscription })
+        }
+        "credit" => {
+            let frame: MoreCredit = protocol::parse(&kind, body).map_err(fail)?;
+            let taking = session.taking.get(&frame.subscription).ok_or_else(|| {
+                fail(Refusal::new(
+                    Code::NotFound,
+                    format!("no subscription {:?} on this connection", frame.subscription),
+                ))
+            })?;
+            deliver::check_credit(frame.add, taking.credit.get(), state.limits().max_credit).map_err(fail)?;
+            taking.credit.add(frame.add);
+            Ok(ok_with(id, Some(taking.credit.get()), None, None))
+        }
+        "ack" => {
+            let frame: ByToken = protocol::parse(&kind, body).map_err(fail)?;
+            let token = frame.lease_token.get().map_err(fail)?;
+            deliver::settle(&session.in_hand, token, How::Ack).await.map_err(fail)?;
+            Ok(ok(id))
+        }
+        "nack" => {
+            let frame: NackFrame = protocol::parse(&kind, body).map_err(fail)?;
+            let token = frame.lease_token.get().map_err(fail)?;
+            let nack = deliver::nack(&frame.action, frame.reason).map_err(fail)?;
+            match deliver::settle(&session.in_hand, token, How::Nack(nack)).await.map_err(fail)? {
+                Settled::Nacked(state) => Ok(ok_with(id, None, Some(state.as_str().to_string()), None)),
+                _ => Ok(ok(id)),
+            }
+        }
+        "defer" => {
+            let frame: DeferFrame = protocol::parse(&kind, body).map_err(fail)?;
+            let token = frame.lease_token.get().map_err(fail)?;
+            let defer = deliver::defer(frame.delay_ms, frame.until, frame.priority, frame.reason).map_err(fail)?;
+            match deliver::settle(&session.in_hand, token, How::Defer(defer)).await.map_err(fail)? {
+                Settled::Deferred(due) => Ok(ok_with(id, None, None, Some(due))),
+                _ => Ok(ok(id)),
+            }
+        }
+        "extend" => {
+            let frame: ByToken = protocol::parse(&kind, body).map_err(fail)?;
+            let token = frame.lease_token.get().map_err(fail)?;
+            deliver::extend(&session.in_hand, token).map_err(fail)?;
+            Ok(ok(id))
+        }
+        _ => unreachable!("every kind of KINDS is answered"),
     }
 }
+
+/// The requests of sluice.v1 after the login.
+const KINDS: &[&str] = &["publish", "ping", "subscribe", "credit", "ack", "nack", "defer", "extend"];
 
 fn frame_too_large(state: &GatewayState, size: usize) -> Refusal {
     let limit = state.limits().max_frame_bytes;

@@ -2,7 +2,8 @@
 //! written down in docs/GATEWAY.md): each client logs in by signing a fresh
 //! nonce with its Ed25519 key, registered with `sluice gateway key add`, and
 //! publishes events, one or a batch, with idempotency keys so that a retried
-//! publish is stored once.
+//! publish is stored once, and takes tasks from consumers with a credit,
+//! settling each by its lease token.
 //!
 //! `sluice serve` mounts [`router`] at `/gateway`; an application can mount
 //! it in its own axum app too:
@@ -30,6 +31,7 @@ use tracing::warn;
 
 mod auth;
 mod connection;
+mod deliver;
 mod keys;
 mod protocol;
 mod publish;
@@ -56,6 +58,12 @@ pub struct Limits {
     pub max_connections_per_key: usize,
     /// How long a client has to answer the challenge (default 10 s).
     pub auth_timeout: Duration,
+    /// The most credit (tasks in the client's hands) one subscription may
+    /// have (default 1,000).
+    pub max_credit: usize,
+    /// How long a client may hold a delivered task without settling or
+    /// extending it before that attempt fails (default 5 minutes).
+    pub settle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -65,6 +73,8 @@ impl Default for Limits {
             max_batch: 500,
             max_connections_per_key: 16,
             auth_timeout: Duration::from_secs(10),
+            max_credit: 1000,
+            settle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -85,6 +95,18 @@ impl Limits {
     /// Sets [`Limits::max_connections_per_key`].
     pub fn max_connections_per_key(mut self, connections: usize) -> Limits {
         self.max_connections_per_key = connections;
+        self
+    }
+
+    /// Sets [`Limits::max_credit`].
+    pub fn max_credit(mut self, credit: usize) -> Limits {
+        self.max_credit = credit;
+        self
+    }
+
+    /// Sets [`Limits::settle_timeout`].
+    pub fn settle_timeout(mut self, timeout: Duration) -> Limits {
+        self.settle_timeout = timeout;
         self
     }
 

@@ -11,10 +11,6 @@ pub const PROTOCOL: &str = "sluice.v1";
 /// What a client signs at login, before the nonce and its public key.
 pub const AUTH_CONTEXT: &[u8] = b"sluice.v1 gateway authentication\0";
 
-/// The frame types this version reserves for the next step; answered with
-/// [`Code::Unsupported`] for now.
-pub(crate) const RESERVED: &[&str] = &["subscribe", "credit", "ack", "nack", "defer", "extend"];
-
 /// An error frame's code: what the client can branch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -33,16 +29,18 @@ pub enum Code {
     Malformed,
     /// A `type` this version does not define.
     UnknownType,
-    /// A frame this version reserves but this server does not serve yet.
-    Unsupported,
     /// A value out of range.
     Invalid,
     /// More events in one publish than allowed.
     BatchTooLarge,
     /// The key may not do that.
     Forbidden,
-    /// The stream does not exist.
+    /// The stream, consumer or subscription does not exist.
     NotFound,
+    /// More credit than allowed.
+    CreditExceeded,
+    /// The lease token holds no task on this connection.
+    LeaseLost,
     /// The key was revoked while connected.
     Revoked,
     /// The database failed; the request may be retried.
@@ -79,11 +77,63 @@ pub(crate) type RequestId = Value;
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum ServerFrame {
-    Challenge { protocol: &'static str, nonce: String },
-    Welcome { key: String, connection: String, publish: Vec<String>, consume: Vec<String>, limits: LimitsFrame },
-    Published { id: RequestId, events: Vec<PublishedEvent> },
-    Pong { id: RequestId },
-    Error { id: Option<RequestId>, code: Code, message: String },
+    Challenge {
+        protocol: &'static str,
+        nonce: String,
+    },
+    Welcome {
+        key: String,
+        connection: String,
+        publish: Vec<String>,
+        consume: Vec<String>,
+        limits: LimitsFrame,
+    },
+    Published {
+        id: RequestId,
+        events: Vec<PublishedEvent>,
+    },
+    Pong {
+        id: RequestId,
+    },
+    Subscribed {
+        id: RequestId,
+        subscription: String,
+    },
+    /// A `credit`, `ack`, `nack`, `defer` or `extend` done; the optional
+    /// fields say what it did.
+    Ok {
+        id: RequestId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        credit: Option<usize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        state: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        due: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    Deliver {
+        subscription: String,
+        lease_token: String,
+        stream: String,
+        consumer: String,
+        event_id: i64,
+        attempt: i32,
+        subject: String,
+        payload: Value,
+        metadata: BTreeMap<String, String>,
+        key: Option<String>,
+        priority: u8,
+        created_at: chrono::DateTime<chrono::Utc>,
+    },
+    /// A delivered task the client did not settle in time: taken back.
+    Expired {
+        subscription: String,
+        lease_token: String,
+    },
+    Error {
+        id: Option<RequestId>,
+        code: Code,
+        message: String,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -91,6 +141,8 @@ pub(crate) struct LimitsFrame {
     pub(crate) max_frame_bytes: usize,
     pub(crate) max_batch: usize,
     pub(crate) max_connections_per_key: usize,
+    pub(crate) max_credit: usize,
+    pub(crate) settle_timeout_ms: u64,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -135,6 +187,84 @@ pub(crate) struct EventFrame {
     pub(crate) deliver_at: Option<String>,
     #[serde(default)]
     pub(crate) idempotency_key: Option<String>,
+}
+
+/// `subscribe`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Subscribe {
+    #[allow(dead_code)] // read before the frame is parsed
+    pub(crate) id: RequestId,
+    pub(crate) stream: String,
+    pub(crate) consumer: String,
+    pub(crate) credit: usize,
+}
+
+/// `credit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MoreCredit {
+    #[allow(dead_code)] // read before the frame is parsed
+    pub(crate) id: RequestId,
+    pub(crate) subscription: String,
+    pub(crate) add: usize,
+}
+
+/// A lease token: a string of digits (as the server sends it) or a number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Token {
+    Text(String),
+    Number(i64),
+}
+
+impl Token {
+    pub(crate) fn get(&self) -> Result<i64, Refusal> {
+        match self {
+            Token::Number(n) => Ok(*n),
+            Token::Text(t) => {
+                t.parse().map_err(|_| Refusal::new(Code::Malformed, format!("lease token {t:?} is not a number")))
+            }
+        }
+    }
+}
+
+/// `ack` and `extend`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ByToken {
+    #[allow(dead_code)] // read before the frame is parsed
+    pub(crate) id: RequestId,
+    pub(crate) lease_token: Token,
+}
+
+/// `nack`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NackFrame {
+    #[allow(dead_code)] // read before the frame is parsed
+    pub(crate) id: RequestId,
+    pub(crate) lease_token: Token,
+    pub(crate) action: String,
+    #[serde(default)]
+    pub(crate) reason: Option<String>,
+}
+
+/// `defer`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeferFrame {
+    #[allow(dead_code)] // read before the frame is parsed
+    pub(crate) id: RequestId,
+    pub(crate) lease_token: Token,
+    #[serde(default)]
+    pub(crate) delay_ms: Option<u64>,
+    #[serde(default)]
+    pub(crate) until: Option<String>,
+    #[serde(default)]
+    pub(crate) priority: Option<i64>,
+    #[serde(default)]
+    pub(crate) reason: Option<String>,
 }
 
 /// `ping`.

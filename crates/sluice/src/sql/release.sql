@@ -1,6 +1,7 @@
--- Hands tasks held by worker $4 back to the queue at once (shutdown):
--- (consumer $1, event $2[i]) under lease token $3[i]. A task whose handler
--- never started ($5[i] false) gets its attempt back.
+-- Hands tasks held by worker $4 back to the queue at once (a shutdown, or
+-- Message::release): (consumer $1, event $2[i]) under lease token $3[i]. A
+-- task whose handler never started ($5[i] false) gets its attempt back. The
+-- log gives reason $6 (default: the worker is shutting down).
 WITH released AS (
     UPDATE sluice.tasks t
     SET state = 'available',
@@ -16,7 +17,7 @@ WITH released AS (
 ),
 logged AS (
     INSERT INTO sluice.task_log (consumer_id, event_id, attempt, action, reason, priority, worker_id)
-    SELECT consumer_id, event_id, attempt, 'released', 'worker shutting down', priority, $4
+    SELECT consumer_id, event_id, attempt, 'released', coalesce($6::text, 'worker shutting down'), priority, $4
     FROM released
     WHERE started
 ),

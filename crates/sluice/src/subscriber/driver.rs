@@ -116,7 +116,10 @@ where
         let mut asked = 0;
         let mut maintaining: Option<JoinHandle<Result<Maintained, sqlx::Error>>> = None;
 
+        let credit = self.sub.credit.clone();
         loop {
+            // With a credit, the tasks held (running and buffered) stay within it.
+            let concurrency = credit.as_ref().map_or(concurrency, |c| c.get().min(concurrency));
             while running.len() < concurrency {
                 let Some(task) = buffer.pop_front() else { break };
                 let key = task.key();
@@ -147,7 +150,7 @@ where
             }
             // Fetch when a good part of a batch fits, or when handlers would idle.
             let batch = pace.claim();
-            let prefetch = self.sub.prefetch.unwrap_or(batch);
+            let prefetch = if credit.is_some() { 0 } else { self.sub.prefetch.unwrap_or(batch) };
             let room = (concurrency + prefetch).saturating_sub(running.len() + buffer.len());
             let worth_it = room >= (batch / 2).max(1) || (room > 0 && buffer.is_empty());
             if fetching.is_none() && db_ok && worth_it && (dirty || !idle) {
@@ -253,6 +256,7 @@ where
                     idle = false;
                     next_tick = Instant::now() + self.sub.poll_interval;
                 }
+                _ = async { credit.as_ref().expect("guarded").changed().await }, if credit.is_some() => {}
                 _ = sleep_until(pause), if pause_until.is_some() => { pause_until = None; }
                 _ = sleep_until(next_run), if pause_until.is_none() && maintaining.is_none() => {}
             }
@@ -397,7 +401,8 @@ where
                     .bind(&events)
                     .bind(&tokens)
                     .bind(shared.worker_id)
-                    .bind(&started),
+                    .bind(&started)
+                    .bind(None::<&str>),
                 fetch_one
             ),
         )

@@ -15,6 +15,7 @@
 //! database call of a component has a timeout and a bounded retry.
 
 mod completer;
+mod credit;
 mod driver;
 mod executor;
 mod fetcher;
@@ -52,6 +53,7 @@ use crate::metrics::Metrics;
 use crate::pooler::on_pool;
 use crate::sql;
 
+pub use credit::Credit;
 pub use subscription::{BackoffFn, Subscription};
 
 pub(crate) use registry::Registry;

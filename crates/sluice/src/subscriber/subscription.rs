@@ -54,6 +54,7 @@ pub struct Subscription {
     pub(crate) prefetch: Option<usize>,
     pub(crate) backoff: Option<BackoffFn>,
     pub(crate) wakeups: Wakeups,
+    pub(crate) credit: Option<super::Credit>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -129,12 +130,21 @@ impl Subscription {
             prefetch: None,
             backoff: None,
             wakeups: Wakeups::Listen,
+            credit: None,
         }
     }
 
     /// How many handlers run at once (default 16).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
+        self
+    }
+
+    /// Holds at most as many tasks as `credit` allows at the time (and never
+    /// more than the concurrency), with no prefetch: for handlers that pass
+    /// tasks on to a consumer that grants credit as it goes. See [`super::Credit`].
+    pub fn credit(mut self, credit: super::Credit) -> Self {
+        self.credit = Some(credit);
         self
     }
 
