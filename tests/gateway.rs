@@ -656,3 +656,47 @@ async fn bad_subscribes_and_settles_get_typed_errors_and_change_nothing() {
     assert_eq!(client.ask(json!({"type": "ack", "id": 7, "lease_token": token})).await["type"], "ok");
     assert_eq!(code(&client.ask(json!({"type": "ack", "id": 8, "lease_token": token})).await), "lease_lost");
 }
+
+/// This test's clients, as `sluice workers list` and the dashboard read them.
+async fn clients(db: &TestDb) -> Vec<sluice::GatewayClient> {
+    sluice::list_gateway_clients(&db.pool).await.unwrap()
+}
+
+/// A client is idle once logged in, active with credit open or tasks in its
+/// hands, and disconnected once its socket closes; the dashboard's workers
+/// page lists it.
+#[tokio::test]
+async fn a_clients_status_is_idle_active_then_disconnected() {
+    let (db, url, _) = taking(Limits::default(), 1).await;
+    let mut client = Client::login(&url, &signing_key(1)).await;
+    let listed = clients(&db).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].key_name.as_str(), listed[0].client.as_deref()), ("billing-py", Some("tests/1")));
+    assert_eq!(listed[0].status, "idle");
+    assert_eq!(listed[0].pid, std::process::id() as i32, "served by this process");
+
+    client.ask(json!({"type": "subscribe", "id": 1, "stream": "orders", "consumer": "billing", "credit": 3})).await;
+    client.delivery().await;
+    support::wait_until(Duration::from_secs(20), "active with a task in hand", || async {
+        let c = &clients(&db).await[0];
+        c.status == "active" && (c.subscriptions, c.credit, c.in_flight) == (1, 3, 1)
+    })
+    .await;
+    let page = {
+        use tower::ServiceExt as _;
+        let app = sluice_web::router(sluice_web::WebState::new(db.pool.clone()));
+        let request = axum::http::Request::get("/workers").body(axum::body::Body::empty()).unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    assert!(page.contains("<td>billing-py</td><td>tests/1</td>"), "{page}");
+    assert!(page.contains(r#"<span class="badge active">active</span>"#), "{page}");
+
+    drop(client);
+    support::wait_until(Duration::from_secs(20), "disconnected", || async {
+        let c = &clients(&db).await[0];
+        c.status == "disconnected" && c.disconnected_at.is_some() && c.in_flight == 0
+    })
+    .await;
+}

@@ -1,4 +1,5 @@
-//! `sluice workers list`: the subscribers, with their status and heartbeat.
+//! `sluice workers list`: the subscribers, with their status and heartbeat,
+//! and the gateway's clients.
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -15,7 +16,8 @@ pub struct WorkersArgs {
 
 #[derive(Debug, Subcommand)]
 enum WorkersCommand {
-    /// List the workers (subscribers): host, pid, status, heartbeat age.
+    /// List the workers (subscribers): host, pid, status, heartbeat age; and the
+    /// gateway's clients (every stream's), with their status.
     List {
         /// Only this stream's.
         stream: Option<String>,
@@ -42,16 +44,38 @@ pub fn workers_table(workers: &[sluice::Worker]) -> Table {
     t
 }
 
+fn clients_table(clients: &[sluice::GatewayClient]) -> Table {
+    let mut t = table(["KEY", "CLIENT", "STATUS", "SUBS", "CREDIT", "IN HAND", "CONNECTED", "LAST SEEN", "GATEWAY"]);
+    for c in clients {
+        t.add_row([
+            c.key_name.clone(),
+            c.client.clone().unwrap_or_default(),
+            c.status.clone(),
+            c.subscriptions.to_string(),
+            c.credit.to_string(),
+            c.in_flight.to_string(),
+            output::age(Some(c.connected_at)),
+            output::age(Some(c.disconnected_at.unwrap_or(c.seen_at))),
+            format!("{} {}", c.host, c.pid),
+        ]);
+    }
+    t
+}
+
 pub async fn run(pool: &PgPool, out: Out, args: WorkersArgs) -> Result<()> {
     match args.command {
         WorkersCommand::List { stream, consumer } => {
             let workers = sluice::list_workers(pool, stream.as_deref(), consumer.as_deref()).await?;
-            out.print(&workers, || {
-                if workers.is_empty() {
-                    "no workers".to_string()
-                } else {
-                    workers_table(&workers).to_string()
+            let clients = sluice::list_gateway_clients(pool).await?;
+            let both = serde_json::json!({"workers": workers, "gateway_clients": clients});
+            out.print(&both, || {
+                let mut text =
+                    if workers.is_empty() { "no workers".to_string() } else { workers_table(&workers).to_string() };
+                if !clients.is_empty() {
+                    text.push_str("\n\ngateway clients\n");
+                    text.push_str(&clients_table(&clients).to_string());
                 }
+                text
             })
         }
     }

@@ -28,7 +28,8 @@ pub const PING_EVERY: Duration = Duration::from_secs(15);
 /// See [`PING_EVERY`].
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 
-/// How often an open connection checks that its key is not revoked.
+/// How often an open connection beats (what its client holds, for
+/// `sluice workers list`) and checks that its key is not revoked.
 pub const REVOCATION_CHECK: Duration = Duration::from_secs(5);
 
 enum Ended {
@@ -44,8 +45,8 @@ pub(crate) async fn serve(state: GatewayState, mut socket: WebSocket) {
     if send(&mut socket, &challenge).await.is_err() {
         return;
     }
-    let key = match timeout(state.limits().auth_timeout, login(&state, &mut socket, &nonce)).await {
-        Ok(Ok(key)) => key,
+    let (key, client) = match timeout(state.limits().auth_timeout, login(&state, &mut socket, &nonce)).await {
+        Ok(Ok(login)) => login,
         Ok(Err(Ended::Gone)) => return,
         Ok(Err(Ended::Refused(id, refusal))) => return refuse(&mut socket, id, refusal).await,
         Err(_) => {
@@ -77,12 +78,25 @@ pub(crate) async fn serve(state: GatewayState, mut socket: WebSocket) {
             settle_timeout_ms: limits.settle_timeout.as_millis() as u64,
         },
     };
+    // Listed before the welcome: a client that is told it is in is listed.
+    let listed = sqlx::query(sql::CLIENT_CONNECT)
+        .bind(connection)
+        .bind(&key.name)
+        .bind(client.as_deref())
+        .bind(sluice::hostname())
+        .bind(std::process::id() as i32)
+        .execute(state.pool())
+        .await;
+    if let Err(e) = listed {
+        warn!(error = %e, "could not list a gateway client; it works, unlisted");
+    }
     if send(&mut socket, &welcome).await.is_err() {
         return;
     }
     info!(key = %key.name, %connection, "gateway client connected");
     let (outbound, mut deliveries) = mpsc::unbounded_channel();
-    let mut session = Session { state, key, outbound, in_hand: InHand::default(), taking: HashMap::new(), next: 1 };
+    let mut session =
+        Session { state, key, connection, outbound, in_hand: InHand::default(), taking: HashMap::new(), next: 1 };
     match requests(&mut session, &mut socket, &mut deliveries).await {
         Ended::Gone => {}
         Ended::Refused(id, refusal) => refuse(&mut socket, id, refusal).await,
@@ -92,6 +106,9 @@ pub(crate) async fn serve(state: GatewayState, mut socket: WebSocket) {
     session.in_hand.drop_all();
     let stopping = session.taking.into_values().map(|t| t.handle.shutdown(Duration::from_secs(5)));
     futures::future::join_all(stopping).await;
+    if let Err(e) = sqlx::query(sql::CLIENT_DISCONNECT).bind(connection).execute(session.state.pool()).await {
+        warn!(error = %e, "could not mark a gateway client disconnected; it reads so 30 s after its last beat");
+    }
     info!(key = %session.key.name, %connection, "gateway client disconnected");
 }
 
@@ -99,6 +116,7 @@ pub(crate) async fn serve(state: GatewayState, mut socket: WebSocket) {
 struct Session {
     state: GatewayState,
     key: LoginKey,
+    connection: Uuid,
     /// Where handlers put deliveries for the socket.
     outbound: mpsc::UnboundedSender<ServerFrame>,
     in_hand: InHand,
@@ -110,7 +128,11 @@ struct Session {
 /// Waits for the `hello` and checks it: the signature first (so only the
 /// holder of the private key learns whether the key is registered), then
 /// the key.
-async fn login(state: &GatewayState, socket: &mut WebSocket, nonce: &[u8; 32]) -> Result<LoginKey, Ended> {
+async fn login(
+    state: &GatewayState,
+    socket: &mut WebSocket,
+    nonce: &[u8; 32],
+) -> Result<(LoginKey, Option<String>), Ended> {
     let text = loop {
         match socket.recv().await {
             None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(Ended::Gone),
@@ -147,7 +169,7 @@ async fn login(state: &GatewayState, socket: &mut WebSocket, nonce: &[u8; 32]) -
         Some(k) if k.revoked => Err(failed(format!("gateway key {:?} is revoked", k.name))),
         Some(k) => {
             debug!(key = %k.name, client = hello.client.as_deref().unwrap_or(""), "gateway login");
-            Ok(k)
+            Ok((k, hello.client))
         }
     }
 }
@@ -209,7 +231,14 @@ async fn requests(
                 }
             }
             _ = checks.tick() => {
-                match sqlx::query_scalar::<_, bool>(sql::KEY_VALID).bind(key.id).fetch_one(state.pool()).await {
+                let credit: usize = session.taking.values().map(|t| t.credit.get()).sum();
+                let beat = sqlx::query_scalar::<_, bool>(sql::CLIENT_BEAT)
+                    .bind(session.connection)
+                    .bind(session.taking.len() as i32)
+                    .bind(credit.min(i32::MAX as usize) as i32)
+                    .bind(session.in_hand.len() as i32)
+                    .bind(key.id);
+                match beat.fetch_one(state.pool()).await {
                     Ok(true) => {}
                     Ok(false) => {
                         let refusal = Refusal::new(Code::Revoked, format!("gateway key {:?} was revoked", key.name));

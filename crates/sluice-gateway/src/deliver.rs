@@ -64,6 +64,11 @@ impl InHand {
     pub(crate) fn drop_all(&self) {
         self.lock().clear();
     }
+
+    /// How many tasks are in the client's hands.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 fn lease_lost(token: i64) -> Refusal {

@@ -17,7 +17,7 @@ th,td{padding:.3rem .7rem;border-bottom:1px solid #e2e5ea;text-align:left;vertic
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .error{color:#a3221a}.field-error{color:#a3221a;font-size:.9em;display:block}
 .badge{padding:.05rem .45rem;border-radius:.6rem;background:#e2e5ea;font-size:.85em}
-.paused,.discarded,.gone{background:#f6d5d2}.running,.active{background:#d5e8f6}.completed{background:#d7f0d9}
+.paused,.discarded,.gone,.disconnected{background:#f6d5d2}.running,.active{background:#d5e8f6}.completed{background:#d7f0d9}
 pre{background:#fff;border:1px solid #e2e5ea;padding:.6rem;overflow:auto;max-height:30rem}
 form.inline{display:inline}button{cursor:pointer}#status,#actions{margin:1rem 0}
 .filters label{margin-right:.8rem;display:inline-block;vertical-align:top}

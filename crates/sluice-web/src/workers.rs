@@ -1,11 +1,12 @@
-//! The workers: every subscriber, its host, pid, status, heartbeat and tasks.
+//! The workers: every subscriber, its host, pid, status, heartbeat and
+//! tasks; and the gateway's clients, with theirs.
 
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup};
-use sluice::Worker;
+use sluice::{GatewayClient, Worker};
 
 use crate::error::{render, PageResult};
 use crate::layout::{self, consumer_path};
@@ -18,9 +19,14 @@ pub(crate) async fn page(State(state): State<WebState>) -> Response {
 
 async fn view(state: &WebState) -> PageResult {
     let workers = sluice::list_workers(state.pool(), None, None).await?;
+    let clients = sluice::list_gateway_clients(state.pool()).await?;
     let content = html! {
         h1 { "Workers" }
-        (layout::live(state, "workers", "/workers", table(state, &workers, true)))
+        (layout::live(state, "workers", "/workers", html! {
+            (table(state, &workers, true))
+            h2 { "Gateway clients" }
+            (clients_table(&clients))
+        }))
     };
     Ok(layout::page(state, "Workers", content).into_response())
 }
@@ -50,6 +56,32 @@ pub(crate) fn table(state: &WebState, workers: &[Worker], show_consumer: bool) -
                         td.n { (w.completed_last_minute) } td.n { (w.failed_last_minute) }
                         td { (layout::ago(w.started_at)) }
                         td { code { (w.id) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The gateway's clients: connected ones, then those that left in the last day.
+fn clients_table(clients: &[GatewayClient]) -> Markup {
+    html! {
+        @if clients.is_empty() {
+            p { "No gateway client in the last day." }
+        } @else {
+            table #gateway-clients {
+                tr {
+                    th { "key" } th { "client" } th { "status" } th.n { "subscriptions" } th.n { "credit" }
+                    th.n { "in hand" } th { "connected" } th { "last seen" } th { "gateway" }
+                }
+                @for c in clients {
+                    tr {
+                        td { (c.key_name) } td { (c.client.as_deref().unwrap_or("")) }
+                        td { span class={ "badge " (c.status) } { (c.status) } }
+                        td.n { (c.subscriptions) } td.n { (c.credit) } td.n { (c.in_flight) }
+                        td { (layout::ago(c.connected_at)) }
+                        td { (layout::ago(c.disconnected_at.unwrap_or(c.seen_at))) }
+                        td { (c.host) " · " (c.pid) }
                     }
                 }
             }

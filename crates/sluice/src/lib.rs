@@ -71,10 +71,12 @@ pub use stats::{
     StorageStats, TableStats, XminHolder, THROUGHPUT_KEPT_MINUTES,
 };
 pub use subject::{check_name, check_pattern, check_subject, subject_matches};
-pub use subscriber::{sub, BackoffFn, Credit, ShutdownReport, SubscriberEvent, SubscriberHandle, Subscription};
+pub use subscriber::{
+    hostname, sub, BackoffFn, Credit, ShutdownReport, SubscriberEvent, SubscriberHandle, Subscription,
+};
 pub use tasks::{
     cancel_task, cancel_tasks, count_tasks, discard_task, discard_tasks, get_task, list_tasks, retry_task, retry_tasks,
     steer_task, steer_tasks, task_event, task_log, Event, Steered, Task, TaskAction, TaskFilter, TaskLogEntry,
     TaskPage, MAX_PAGE,
 };
-pub use workers::{list_workers, Worker};
+pub use workers::{list_gateway_clients, list_workers, GatewayClient, Worker};

@@ -40,6 +40,7 @@ pub(crate) const CONSUMER_IDS: &str = include_str!("sql/consumer_ids.sql");
 pub(crate) const EVENT_PARTITIONS_DUE: &str = include_str!("sql/event_partitions_due.sql");
 pub(crate) const CONSUMER_STATS: &str = include_str!("sql/consumer_stats.sql");
 pub(crate) const THROUGHPUT: &str = include_str!("sql/throughput.sql");
+pub(crate) const GATEWAY_CLIENT_LIST: &str = include_str!("sql/gateway_client_list.sql");
 pub(crate) const XMIN_HORIZON: &str = include_str!("sql/xmin_horizon.sql");
 pub(crate) const WORKER_LIST: &str = include_str!("sql/worker_list.sql");
 pub(crate) const TASK_EVENT: &str = include_str!("sql/task_event.sql");

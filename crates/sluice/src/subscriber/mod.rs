@@ -401,7 +401,9 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-pub(crate) fn hostname() -> String {
+/// The host name Sluice records for its workers (and the gateway for its
+/// clients): `HOSTNAME`, else the kernel's, else `unknown`.
+pub fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
