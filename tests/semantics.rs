@@ -634,3 +634,31 @@ async fn a_released_task_comes_back_at_once_without_a_failure() {
     assert!(actions.contains(&("released", Some("client went away"))), "{actions:?}");
     assert!(!actions.iter().any(|(a, _)| *a == "failed"), "not a failure: {actions:?}");
 }
+
+/// `Message::ack_batched` acks with the completer's batches and returns once
+/// written; the task is then settled, as after `ack`.
+#[tokio::test]
+async fn a_batched_ack_completes_the_task_once_written() {
+    let db = TestDb::new().await;
+    setup(&db, fast()).await;
+    publish_batch(&db.pool, "jobs", (0..50).map(job)).await.unwrap();
+    let outcomes: Log<String> = Arc::default();
+    let handler = {
+        let outcomes = outcomes.clone();
+        move |msg: Message<Value>| {
+            let outcomes = outcomes.clone();
+            async move {
+                msg.ack_batched().await?;
+                let again = msg.ack_batched().await.unwrap_err();
+                outcomes.lock().unwrap().push(again.to_string());
+                Ok::<_, HandlerError>(())
+            }
+        }
+    };
+    let h = sub(&db.pool, Subscription::new("jobs", "c").concurrency(16), handler).await.unwrap();
+    wait_until(WAIT, "every task acked", || async { outcomes.lock().unwrap().len() == 50 }).await;
+    h.shutdown(Duration::from_secs(5)).await;
+    assert!(outcomes.lock().unwrap().iter().all(|e| e.contains("already settled")), "{:?}", outcomes.lock().unwrap());
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice.tasks").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(left, 0, "every task completed (and removed)");
+}

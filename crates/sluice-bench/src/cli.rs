@@ -56,12 +56,14 @@ pub enum Scenario {
     /// A steady publish rate drained by one consumer: a clean phase, then an idle-in-transaction
     /// pin, an overload, long REPEATABLE READ readers and a burst, each followed by a recovery.
     Pressure,
+    /// Publish, drain and latency through the WebSocket gateway, beside the library in process.
+    Gateway,
     /// Every scenario above.
     All,
 }
 
 impl Scenario {
-    pub const EACH: [Scenario; 10] = [
+    pub const EACH: [Scenario; 11] = [
         Scenario::Publish,
         Scenario::Single,
         Scenario::Drain,
@@ -72,6 +74,7 @@ impl Scenario {
         Scenario::Idle,
         Scenario::Selective,
         Scenario::Pressure,
+        Scenario::Gateway,
     ];
 
     pub fn name(self) -> &'static str {
@@ -86,6 +89,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Selective => "selective",
             Scenario::Pressure => "pressure",
+            Scenario::Gateway => "gateway",
             Scenario::All => "all",
         }
     }

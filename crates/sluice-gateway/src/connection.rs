@@ -11,6 +11,9 @@ use uuid::Uuid;
 
 use std::collections::HashMap;
 
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::auth;
@@ -190,8 +193,16 @@ async fn requests(
     checks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     checks.tick().await;
     let mut last_heard = Instant::now();
+    // Answers in the order of their requests; settles run meanwhile, so a
+    // client acking as it goes is not held to one database round trip at a time.
+    let mut answers: FuturesOrdered<BoxFuture<'static, ServerFrame>> = FuturesOrdered::new();
     loop {
         tokio::select! {
+            Some(frame) = answers.next(), if !answers.is_empty() => {
+                if send(socket, &frame).await.is_err() {
+                    return Ended::Gone;
+                }
+            }
             received = socket.recv() => {
                 last_heard = Instant::now();
                 let text = match received {
@@ -208,13 +219,11 @@ async fn requests(
                     Some(Ok(_)) => continue,
                 };
                 let answer = match answer(session, &text).await {
-                    Ok(frame) => frame,
+                    Ok(answer) => answer,
                     Err((id, refusal)) if refusal.code.closes() => return Ended::Refused(id, refusal),
-                    Err((id, refusal)) => error(id, refusal),
+                    Err((id, refusal)) => futures::future::ready(error(id, refusal)).boxed(),
                 };
-                if send(socket, &answer).await.is_err() {
-                    return Ended::Gone;
-                }
+                answers.push_back(answer);
             }
             Some(frame) = deliveries.recv() => {
                 if send(socket, &frame).await.is_err() {
@@ -251,8 +260,35 @@ async fn requests(
     }
 }
 
+/// An answer: ready, or once a settle is done.
+type Answer = BoxFuture<'static, ServerFrame>;
+
+fn now(frame: ServerFrame) -> Answer {
+    futures::future::ready(frame).boxed()
+}
+
+/// A settle of the task of `token`, answered when its handler has done it.
+fn settling(
+    in_hand: &InHand,
+    id: protocol::RequestId,
+    token: i64,
+    how: How,
+) -> Result<Answer, (Option<protocol::RequestId>, Refusal)> {
+    let in_hand = in_hand.clone();
+    Ok(async move {
+        let ok = |credit, state, due| ServerFrame::Ok { id: id.clone(), credit, state, due };
+        match deliver::settle(&in_hand, token, how).await {
+            Ok(Settled::Acked) => ok(None, None, None),
+            Ok(Settled::Nacked(state)) => ok(None, Some(state.as_str().to_string()), None),
+            Ok(Settled::Deferred(due)) => ok(None, None, Some(due)),
+            Err(refusal) => error(Some(id.clone()), refusal),
+        }
+    }
+    .boxed())
+}
+
 /// The answer to one request.
-async fn answer(session: &mut Session, text: &str) -> Result<ServerFrame, (Option<protocol::RequestId>, Refusal)> {
+async fn answer(session: &mut Session, text: &str) -> Result<Answer, (Option<protocol::RequestId>, Refusal)> {
     let state = session.state.clone();
     if text.len() > state.limits().max_frame_bytes {
         return Err((None, frame_too_large(&state, text.len())));
@@ -276,11 +312,11 @@ async fn answer(session: &mut Session, text: &str) -> Result<ServerFrame, (Optio
         "publish" => {
             let frame: Publish = protocol::parse(&kind, body).map_err(fail)?;
             let events = crate::publish::publish(&state, &session.key, frame).await.map_err(fail)?;
-            Ok(ServerFrame::Published { id, events })
+            Ok(now(ServerFrame::Published { id, events }))
         }
         "ping" => {
             let _: Ping = protocol::parse(&kind, body).map_err(fail)?;
-            Ok(ServerFrame::Pong { id })
+            Ok(now(ServerFrame::Pong { id }))
         }
         "subscribe" => {
             let frame: Subscribe = protocol::parse(&kind, body).map_err(fail)?;
@@ -302,7 +338,7 @@ async fn answer(session: &mut Session, text: &str) -> Result<ServerFrame, (Optio
             .map_err(fail)?;
             session.next += 1;
             session.taking.insert(subscription.clone(), taking);
-            Ok(ServerFrame::Subscribed { id, subscription })
+            Ok(now(ServerFrame::Subscribed { id, subscription }))
         }
         "credit" => {
             let frame: MoreCredit = protocol::parse(&kind, body).map_err(fail)?;
@@ -314,37 +350,30 @@ async fn answer(session: &mut Session, text: &str) -> Result<ServerFrame, (Optio
             })?;
             deliver::check_credit(frame.add, taking.credit.get(), state.limits().max_credit).map_err(fail)?;
             taking.credit.add(frame.add);
-            Ok(ok_with(id, Some(taking.credit.get()), None, None))
+            Ok(now(ok_with(id, Some(taking.credit.get()), None, None)))
         }
         "ack" => {
             let frame: ByToken = protocol::parse(&kind, body).map_err(fail)?;
             let token = frame.lease_token.get().map_err(fail)?;
-            deliver::settle(&session.in_hand, token, How::Ack).await.map_err(fail)?;
-            Ok(ok(id))
+            settling(&session.in_hand, id, token, How::Ack)
         }
         "nack" => {
             let frame: NackFrame = protocol::parse(&kind, body).map_err(fail)?;
             let token = frame.lease_token.get().map_err(fail)?;
             let nack = deliver::nack(&frame.action, frame.reason).map_err(fail)?;
-            match deliver::settle(&session.in_hand, token, How::Nack(nack)).await.map_err(fail)? {
-                Settled::Nacked(state) => Ok(ok_with(id, None, Some(state.as_str().to_string()), None)),
-                _ => Ok(ok(id)),
-            }
+            settling(&session.in_hand, id, token, How::Nack(nack))
         }
         "defer" => {
             let frame: DeferFrame = protocol::parse(&kind, body).map_err(fail)?;
             let token = frame.lease_token.get().map_err(fail)?;
             let defer = deliver::defer(frame.delay_ms, frame.until, frame.priority, frame.reason).map_err(fail)?;
-            match deliver::settle(&session.in_hand, token, How::Defer(defer)).await.map_err(fail)? {
-                Settled::Deferred(due) => Ok(ok_with(id, None, None, Some(due))),
-                _ => Ok(ok(id)),
-            }
+            settling(&session.in_hand, id, token, How::Defer(defer))
         }
         "extend" => {
             let frame: ByToken = protocol::parse(&kind, body).map_err(fail)?;
             let token = frame.lease_token.get().map_err(fail)?;
             deliver::extend(&session.in_hand, token).map_err(fail)?;
-            Ok(ok(id))
+            Ok(now(ok(id)))
         }
         _ => unreachable!("every kind of KINDS is answered"),
     }

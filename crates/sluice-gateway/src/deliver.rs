@@ -215,7 +215,7 @@ async fn wait(
 
 async fn apply(msg: &Message<Value>, how: How) -> Result<Settled, TaskError> {
     match how {
-        How::Ack => msg.ack().await.map(|()| Settled::Acked),
+        How::Ack => msg.ack_batched().await.map(|()| Settled::Acked),
         How::Nack(nack) => msg.nack(nack).await.map(Settled::Nacked),
         How::Defer(defer) => msg.defer(defer).await.map(Settled::Deferred),
     }

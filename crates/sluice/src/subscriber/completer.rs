@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use super::registry::Key;
@@ -19,18 +19,41 @@ pub(crate) const MAX_FLUSH: usize = 5_000;
 /// Tries of one flush before its tasks are given up.
 pub(crate) const FLUSH_TRIES: u32 = 5;
 
+/// An ack waiting for its flush, and who wants to know how it went.
+struct Queued {
+    key: Key,
+    /// Told true once the ack is written, false if its lease was lost or
+    /// the flush was given up.
+    done: Option<oneshot::Sender<bool>>,
+}
+
 /// The sending side: executors queue their implicit acks here.
 #[derive(Clone)]
 pub(crate) struct Acks {
-    tx: mpsc::Sender<Key>,
+    tx: mpsc::Sender<Queued>,
     pending: Arc<AtomicUsize>,
 }
 
 impl Acks {
     /// Queues an ack; false when the completer has stopped.
     pub(crate) async fn send(&self, key: Key) -> bool {
+        self.queue(Queued { key, done: None }).await
+    }
+
+    /// Queues an ack and waits for its flush: `Some(true)` once written,
+    /// `Some(false)` when refused (lease lost) or given up, `None` when the
+    /// completer has stopped.
+    pub(crate) async fn send_and_wait(&self, key: Key) -> Option<bool> {
+        let (done, flushed) = oneshot::channel();
+        if !self.queue(Queued { key, done: Some(done) }).await {
+            return None;
+        }
+        flushed.await.ok()
+    }
+
+    async fn queue(&self, queued: Queued) -> bool {
         self.pending.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(key).await.is_ok() {
+        if self.tx.send(queued).await.is_ok() {
             return true;
         }
         self.pending.fetch_sub(1, Ordering::AcqRel);
@@ -61,24 +84,32 @@ pub(crate) fn spawn(shared: Arc<Shared>, capacity: usize) -> Spawned {
 
 async fn run(
     shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Key>,
+    mut rx: mpsc::Receiver<Queued>,
     pending: Arc<AtomicUsize>,
     given_up_so_far: Arc<AtomicUsize>,
 ) -> Completed {
     let mut done = Completed::default();
+    let mut queued: Vec<Queued> = Vec::new();
     let mut batch: Vec<Key> = Vec::new();
     while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.push(first);
-        while batch.len() < MAX_FLUSH {
+        queued.clear();
+        queued.push(first);
+        while queued.len() < MAX_FLUSH {
             match rx.try_recv() {
-                Ok(key) => batch.push(key),
+                Ok(q) => queued.push(q),
                 Err(_) => break,
             }
         }
+        batch.clear();
+        batch.extend(queued.iter().map(|q| q.key));
         let (acked, given_up) = flush(&shared, &batch).await;
-        done.acked += acked;
+        done.acked += acked.len();
         done.given_up += given_up;
+        for q in queued.drain(..) {
+            if let Some(tell) = q.done {
+                let _ = tell.send(acked.contains(&q.key.0));
+            }
+        }
         given_up_so_far.fetch_add(given_up, Ordering::AcqRel);
         shared.registry.forget_all(&batch);
         pending.fetch_sub(batch.len(), Ordering::AcqRel);
@@ -86,9 +117,9 @@ async fn run(
     done
 }
 
-/// Writes one batch of acks; returns (acked, given up).
+/// Writes one batch of acks; returns (the event ids acked, how many given up).
 #[tracing::instrument(name = "sluice.flush", level = "debug", skip_all, fields(tasks = batch.len()))]
-async fn flush(shared: &Shared, batch: &[Key]) -> (usize, usize) {
+async fn flush(shared: &Shared, batch: &[Key]) -> (std::collections::HashSet<i64>, usize) {
     let events: Vec<i64> = batch.iter().map(|k| k.0).collect();
     let tokens: Vec<i64> = batch.iter().map(|k| k.1).collect();
     let mut backoff = ErrorBackoff::new();
@@ -107,7 +138,7 @@ async fn flush(shared: &Shared, batch: &[Key]) -> (usize, usize) {
                     warn!(lost, "some acks came after their leases were lost; those tasks run again");
                 }
                 shared.emit(SubscriberEvent::Flushed { acked: acked.len(), lost });
-                return (acked.len(), 0);
+                return (acked.into_iter().collect(), 0);
             }
             Err(e) if tries < FLUSH_TRIES => {
                 let wait = backoff.next();
@@ -121,7 +152,7 @@ async fn flush(shared: &Shared, batch: &[Key]) -> (usize, usize) {
                     "ack flush failed {FLUSH_TRIES} times; giving those tasks up, they will run again"
                 );
                 shared.emit(SubscriberEvent::AcksGivenUp { tasks: batch.len() });
-                return (0, batch.len());
+                return (Default::default(), batch.len());
             }
         }
     }

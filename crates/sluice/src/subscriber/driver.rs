@@ -152,7 +152,16 @@ where
             let batch = pace.claim();
             let prefetch = if credit.is_some() { 0 } else { self.sub.prefetch.unwrap_or(batch) };
             let room = (concurrency + prefetch).saturating_sub(running.len() + buffer.len());
-            let worth_it = room >= (batch / 2).max(1) || (room > 0 && buffer.is_empty());
+            let worth_it = match credit {
+                None => room >= (batch / 2).max(1) || (room > 0 && buffer.is_empty()),
+                // With a credit (no prefetch), a task settled frees one place:
+                // claiming one at a time would cost a round trip each. Wait
+                // for a quarter of the credit, unless nothing is in hand.
+                Some(_) => {
+                    room >= (concurrency / 4).clamp(1, (batch / 2).max(1))
+                        || (room > 0 && buffer.is_empty() && running.is_empty())
+                }
+            };
             if fetching.is_none() && db_ok && worth_it && (dirty || !idle) {
                 let ask = Ask {
                     tasks: room.min(batch),

@@ -111,6 +111,7 @@ where
             priority: Priority::from_db(task.priority),
             shared: shared.clone(),
             settled: settled.clone(),
+            acks: self.acks.clone(),
         };
         if attempt == 1 {
             let waited = (chrono::Utc::now() - task.created_at).to_std().unwrap_or_default();

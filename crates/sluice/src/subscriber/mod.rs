@@ -27,6 +27,7 @@ mod pace;
 pub(crate) use maintenance::housekeep;
 mod rates;
 
+pub(crate) use completer::Acks;
 pub(crate) use rates::Rates;
 mod registry;
 mod subscription;
