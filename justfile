@@ -65,3 +65,14 @@ chaos *ARGS:
 # `just bench --peers` to run the peer queues in the same run.
 bench *ARGS:
     cargo run --release -p sluice-bench -- {{ARGS}}
+
+# The Python client of the gateway: its tests against a real `sluice serve`.
+test-python:
+    cargo build -q -p sluice-cli
+    python3 -m pip install -q -e 'clients/python[test]'
+    cd clients/python && SLUICE_BIN=../../target/debug/sluice python3 -m pytest -q
+
+# The gateway example: Python producer and consumer beside a Rust subscriber.
+gateway-example:
+    cargo build -q -p sluice-cli --example gateway_audit
+    SLUICE_BIN=target/debug/sluice RUST_SUBSCRIBER_CMD=target/debug/examples/gateway_audit bash examples/gateway/run.sh
