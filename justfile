@@ -74,5 +74,6 @@ test-python:
 
 # The gateway example: Python producer and consumer beside a Rust subscriber.
 gateway-example:
-    cargo build -q -p sluice-cli --example gateway_audit
+    cargo build -q -p sluice-cli
+    cargo build -q --example gateway_audit
     SLUICE_BIN=target/debug/sluice RUST_SUBSCRIBER_CMD=target/debug/examples/gateway_audit bash examples/gateway/run.sh

@@ -33,7 +33,6 @@ use sluice::{
 use support::TestDb;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
-use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 const BILLING: &str = "/streams/orders/consumers/billing";
@@ -43,45 +42,6 @@ const BILLING: &str = "/streams/orders/consumers/billing";
 /// seconds), or the subscriber to act on one: far more than either needs.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-static BINARY: OnceCell<PathBuf> = OnceCell::const_new();
-
-/// The workspace's target folder: `CARGO_TARGET_DIR` when set, else `target/`.
-fn target_dir() -> PathBuf {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => workspace.join(dir),
-        _ => workspace.join("target"),
-    }
-}
-
-/// The `sluice` binary, built (or brought up to date) once per test binary:
-/// it belongs to the `sluice-cli` package, which Cargo does not build for
-/// this one's tests.
-async fn binary() -> &'static PathBuf {
-    BINARY
-        .get_or_init(|| async {
-            let target = target_dir();
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let built = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "sluice-cli", "--bin", "sluice", "--manifest-path"])
-                .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-                .arg("--target-dir")
-                .arg(&target)
-                .output()
-                .await
-                .expect("run cargo build");
-            assert!(
-                built.status.success(),
-                "cargo build -p sluice-cli failed:\n{}",
-                String::from_utf8_lossy(&built.stderr)
-            );
-            let path = target.join("debug").join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
-            assert!(path.is_file(), "no sluice binary at {}", path.display());
-            path
-        })
-        .await
-}
-
 /// `sluice serve` on a free port, stopped when dropped.
 struct Serve {
     _process: Child,
@@ -90,7 +50,7 @@ struct Serve {
 }
 
 async fn serve(url: &str) -> Serve {
-    let mut process = Command::new(binary().await)
+    let mut process = Command::new(support::sluice_binary().await)
         .args(["--database-url", url, "serve", "--listen", "127.0.0.1:0"])
         .env_remove("DATABASE_URL")
         .env_remove("SLUICE_BASIC_AUTH")

@@ -5,57 +5,18 @@
 //! for these tests (`CARGO_BIN_EXE_*` covers only the same package's
 //! binaries); the first test to need it builds it once per test binary.
 
-use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
 use sqlx::{Connection as _, PgPool};
 use support::{sluice_tables, TestDb, SLUICE_TABLES as TABLES};
 use tokio::process::Command;
-use tokio::sync::OnceCell;
-
-static BINARY: OnceCell<PathBuf> = OnceCell::const_new();
-
-/// The workspace's target folder: `CARGO_TARGET_DIR` when set, else `target/`.
-fn target_dir() -> PathBuf {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => workspace.join(dir),
-        _ => workspace.join("target"),
-    }
-}
-
-/// The `sluice` binary, built (or brought up to date) once per test binary.
-async fn binary() -> &'static PathBuf {
-    BINARY
-        .get_or_init(|| async {
-            let target = target_dir();
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let built = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "sluice-cli", "--bin", "sluice", "--manifest-path"])
-                .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-                .arg("--target-dir")
-                .arg(&target)
-                .output()
-                .await
-                .expect("run cargo build");
-            assert!(
-                built.status.success(),
-                "cargo build -p sluice-cli failed:\n{}",
-                String::from_utf8_lossy(&built.stderr)
-            );
-            let path = target.join("debug").join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
-            assert!(path.is_file(), "no sluice binary at {}", path.display());
-            path
-        })
-        .await
-}
 
 /// A `sluice` command with a clean environment: no `DATABASE_URL` or
 /// `SLUICE_BASIC_AUTH` unless the test sets one, and no `RUST_LOG` to add
 /// lines to stderr.
 async fn sluice() -> Command {
-    let mut cmd = Command::new(binary().await);
+    let mut cmd = Command::new(support::sluice_binary().await);
     cmd.env_remove("DATABASE_URL").env_remove("RUST_LOG").env_remove("SLUICE_BASIC_AUTH").kill_on_drop(true);
     cmd
 }

@@ -289,3 +289,42 @@ pub async fn http_get(address: &str, path: &str) -> (u16, String) {
 pub fn sample(page: &str, series: &str) -> Option<f64> {
     page.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
 }
+
+static SLUICE_BINARY: tokio::sync::OnceCell<std::path::PathBuf> = tokio::sync::OnceCell::const_new();
+
+/// The workspace's target folder: `CARGO_TARGET_DIR` when set, else `target/`.
+fn target_dir() -> std::path::PathBuf {
+    let workspace = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace.join(dir),
+        _ => workspace.join("target"),
+    }
+}
+
+/// The `sluice` binary, built (or brought up to date) once per test binary:
+/// it belongs to the `sluice-cli` package, which Cargo does not build for
+/// this package's tests (`CARGO_BIN_EXE_*` covers only the same package's).
+pub async fn sluice_binary() -> &'static std::path::PathBuf {
+    SLUICE_BINARY
+        .get_or_init(|| async {
+            let target = target_dir();
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let built = tokio::process::Command::new(cargo)
+                .args(["build", "--quiet", "-p", "sluice-cli", "--bin", "sluice", "--manifest-path"])
+                .arg(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target)
+                .output()
+                .await
+                .expect("run cargo build");
+            assert!(
+                built.status.success(),
+                "cargo build -p sluice-cli failed:\n{}",
+                String::from_utf8_lossy(&built.stderr)
+            );
+            let path = target.join("debug").join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
+            assert!(path.is_file(), "no sluice binary at {}", path.display());
+            path
+        })
+        .await
+}
