@@ -983,6 +983,38 @@ async fn gateway_keys_are_managed_from_the_cli_and_serve_mounts_the_gateway() {
     server.start_kill().unwrap();
     server.wait().await.unwrap();
 
+    // The gateway's limits from serve's flags: a hello over the frame limit,
+    // and no hello within the auth timeout, are refused as documented.
+    let flags = ["--gateway-max-frame-bytes", "2048", "--gateway-auth-timeout", "1s"];
+    let (mut server, address) = start_serve(url, &flags, &[]).await;
+    let refused = |text: String, code: &str| {
+        let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!((frame["type"].as_str(), frame["code"].as_str()), (Some("error"), Some(code)), "{frame}");
+    };
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{address}/gateway")).await.unwrap();
+    futures::StreamExt::next(&mut socket).await.unwrap().unwrap();
+    let big = serde_json::json!({"type": "hello", "public_key": "x", "signature": "y".repeat(3000)});
+    futures::SinkExt::send(&mut socket, tokio_tungstenite::tungstenite::Message::text(big.to_string())).await.unwrap();
+    let answer = futures::StreamExt::next(&mut socket).await.unwrap().unwrap().into_text().unwrap();
+    refused(answer.to_string(), "frame_too_large");
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{address}/gateway")).await.unwrap();
+    futures::StreamExt::next(&mut socket).await.unwrap().unwrap();
+    let waited = std::time::Instant::now();
+    let answer = futures::StreamExt::next(&mut socket).await.unwrap().unwrap().into_text().unwrap();
+    refused(answer.to_string(), "auth_timeout");
+    assert!(waited.elapsed() < Duration::from_secs(8), "--gateway-auth-timeout 1s, not the default 10s");
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+    for (flag, value, expect) in [
+        ("--gateway-max-credit", "0", "--gateway-max-credit"),
+        ("--gateway-max-frame-bytes", "10", "--gateway-max-frame-bytes"),
+        ("--gateway-settle-timeout", "0s", "at least 1s"),
+        ("--gateway-auth-timeout", "soon", "--gateway-auth-timeout"),
+    ] {
+        let line = run_with_url(url, &["serve", "--listen", "127.0.0.1:0", flag, value]).await.failure(flag);
+        assert!(line.contains(expect), "{flag} {value}: {line}");
+    }
+
     let revoked =
         run_with_url(url, &["--json", "gateway", "key", "revoke", "billing-py", "--yes"]).await.json("revoke");
     assert!(revoked["revoked_at"].is_string(), "{revoked}");

@@ -635,6 +635,43 @@ async fn a_released_task_comes_back_at_once_without_a_failure() {
     assert!(!actions.iter().any(|(a, _)| *a == "failed"), "not a failure: {actions:?}");
 }
 
+/// A release counts its attempt, and on the last attempt the task is a dead
+/// letter, as when its lease is lost: a task whose handler takes its process
+/// down (a gateway client that crashes on it, released on disconnect) stops
+/// coming back. It came back as attempt 3, 4, ... of 2 before.
+#[tokio::test]
+async fn a_task_released_on_its_last_attempt_is_a_dead_letter() {
+    let db = TestDb::new().await;
+    setup(&db, fast().lease(Duration::from_secs(120)).max_attempts(2)).await;
+    let id = publish(&db.pool, "jobs", job(1)).await.unwrap();
+    let attempts: Log<i32> = Arc::default();
+    let handler = {
+        let attempts = attempts.clone();
+        move |msg: Message<Value>| {
+            let attempts = attempts.clone();
+            async move {
+                attempts.lock().unwrap().push(msg.attempt());
+                msg.release("client went away").await.unwrap();
+                Ok::<_, HandlerError>(())
+            }
+        }
+    };
+    let h = sub(&db.pool, serial(), handler).await.unwrap();
+    wait_until(WAIT, "the task a dead letter", || async { count_in(&db, "discarded").await == 1 }).await;
+    // Time for a third delivery, were there one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(*attempts.lock().unwrap(), vec![1, 2]);
+    let log = task_log(&db.pool, "jobs", "c", id).await.unwrap();
+    let actions: Vec<(&str, i32, Option<&str>)> =
+        log.iter().map(|e| (e.action.as_str(), e.attempt, e.reason.as_deref())).collect();
+    assert_eq!(
+        actions.last().copied(),
+        Some(("discarded", 2, Some("released on its last attempt: client went away"))),
+        "{actions:?}"
+    );
+}
+
 /// `Message::ack_batched` acks with the completer's batches and returns once
 /// written; the task is then settled, as after `ack`.
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! `sluice serve`: the dashboard, `/metrics` and `/healthz` over HTTP.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -38,6 +39,66 @@ pub struct ServeArgs {
     /// keys added by `sluice gateway key add`; docs/GATEWAY.md).
     #[arg(long)]
     no_gateway: bool,
+
+    #[command(flatten)]
+    gateway_limits: GatewayLimits,
+}
+
+/// The gateway's limits (docs/GATEWAY.md); the defaults are
+/// `sluice_gateway::Limits::default()`. Each is sent to a client in its welcome.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Gateway limits")]
+struct GatewayLimits {
+    /// The largest frame a client may send, in bytes (a bigger one closes
+    /// the connection with frame_too_large).
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=64 * 1024 * 1024))]
+    gateway_max_frame_bytes: u32,
+
+    /// The most events in one publish.
+    #[arg(long, value_name = "EVENTS", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    gateway_max_batch: u32,
+
+    /// The most connections one key may have open to this server.
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    gateway_max_connections_per_key: u32,
+
+    /// The most credit (tasks in a client's hands) one subscription may have.
+    #[arg(long, value_name = "TASKS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    gateway_max_credit: u32,
+
+    /// How long a client has to answer the challenge with its hello.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    gateway_auth_timeout: Duration,
+
+    /// How long a client may hold a delivered task without settling or
+    /// extending it before that attempt fails (and the task is retried).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = positive_duration)]
+    gateway_settle_timeout: Duration,
+}
+
+impl GatewayLimits {
+    fn limits(&self) -> sluice_gateway::Limits {
+        sluice_gateway::Limits::default()
+            .max_frame_bytes(self.gateway_max_frame_bytes as usize)
+            .max_batch(self.gateway_max_batch as usize)
+            .max_connections_per_key(self.gateway_max_connections_per_key as usize)
+            .max_credit(self.gateway_max_credit as usize)
+            .auth_timeout(self.gateway_auth_timeout)
+            .settle_timeout(self.gateway_settle_timeout)
+    }
+}
+
+/// A duration of at least a second, as the other flags write them (30s, 5m).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| format!("{e} (write durations as 30s, 5m, 2h)"))?;
+    if d < Duration::from_secs(1) {
+        return Err("at least 1s".to_string());
+    }
+    Ok(d)
 }
 
 pub async fn run(pool: &PgPool, args: ServeArgs) -> Result<()> {
@@ -59,7 +120,8 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> Result<()> {
     let gateway = if args.no_gateway {
         String::new()
     } else {
-        app = app.merge(sluice_gateway::router(sluice_gateway::GatewayState::new(pool.clone())));
+        let gateway = sluice_gateway::GatewayState::with_limits(pool.clone(), args.gateway_limits.limits());
+        app = app.merge(sluice_gateway::router(gateway));
         format!(", the gateway at ws://{address}{}", sluice_gateway::PATH)
     };
     // stdout, so a supervisor's log shows where to look.

@@ -20,8 +20,8 @@ use crate::auth;
 use crate::deliver::{self, How, InHand, Settled, Taking};
 use crate::keys::{self, LoginKey};
 use crate::protocol::{
-    self, ByToken, Code, DeferFrame, Hello, MoreCredit, NackFrame, Ping, Publish, Refusal, ServerFrame, Subscribe,
-    PROTOCOL,
+    self, ByToken, Code, DeferFrame, Done, Hello, MoreCredit, NackFrame, Ping, Publish, Refusal, ServerFrame,
+    Subscribe, PROTOCOL,
 };
 use crate::{sql, GatewayState};
 
@@ -149,6 +149,10 @@ async fn login(
             Some(Ok(_)) => continue,
         }
     };
+    // Bounded like every later frame: a hello is a few hundred bytes.
+    if text.len() > state.limits().max_frame_bytes {
+        return Err(Ended::Refused(None, frame_too_large(state, text.len())));
+    }
     let failed = |message: String| Ended::Refused(None, Refusal::new(Code::AuthFailed, message));
     let envelope = protocol::envelope(&text).map_err(|r| failed(format!("a malformed hello: {}", r.message)))?;
     if envelope.kind != "hello" {
@@ -268,23 +272,19 @@ fn now(frame: ServerFrame) -> Answer {
 }
 
 /// A settle of the task of `token`, answered when its handler has done it.
-fn settling(
-    in_hand: &InHand,
-    id: protocol::RequestId,
-    token: i64,
-    how: How,
-) -> Result<Answer, (Option<protocol::RequestId>, Refusal)> {
+fn settling(in_hand: &InHand, id: protocol::RequestId, token: i64, how: How) -> Answer {
     let in_hand = in_hand.clone();
-    Ok(async move {
-        let ok = |credit, state, due| ServerFrame::Ok { id: id.clone(), credit, state, due };
+    async move {
         match deliver::settle(&in_hand, token, how).await {
-            Ok(Settled::Acked) => ok(None, None, None),
-            Ok(Settled::Nacked(state)) => ok(None, Some(state.as_str().to_string()), None),
-            Ok(Settled::Deferred(due)) => ok(None, None, Some(due)),
-            Err(refusal) => error(Some(id.clone()), refusal),
+            Ok(Settled::Acked) => ServerFrame::Ok(Done::to(id)),
+            Ok(Settled::Nacked(state)) => {
+                ServerFrame::Ok(Done { state: Some(state.as_str().to_string()), ..Done::to(id) })
+            }
+            Ok(Settled::Deferred(due)) => ServerFrame::Ok(Done { due: Some(due), ..Done::to(id) }),
+            Err(refusal) => error(Some(id), refusal),
         }
     }
-    .boxed())
+    .boxed()
 }
 
 /// The answer to one request.
@@ -305,8 +305,6 @@ async fn answer(session: &mut Session, text: &str) -> Result<Answer, (Option<pro
     let Some(id) = envelope.id.clone() else {
         return Err(fail(Refusal::new(Code::Malformed, format!("{kind}: a request has an `id`"))));
     };
-    let ok = |id: protocol::RequestId| ServerFrame::Ok { id, credit: None, state: None, due: None };
-    let ok_with = |id, credit, state, due| ServerFrame::Ok { id, credit, state, due };
     let body = envelope.body;
     match kind.as_str() {
         "publish" => {
@@ -350,30 +348,30 @@ async fn answer(session: &mut Session, text: &str) -> Result<Answer, (Option<pro
             })?;
             deliver::check_credit(frame.add, taking.credit.get(), state.limits().max_credit).map_err(fail)?;
             taking.credit.add(frame.add);
-            Ok(now(ok_with(id, Some(taking.credit.get()), None, None)))
+            Ok(now(ServerFrame::Ok(Done { credit: Some(taking.credit.get()), ..Done::to(id) })))
         }
         "ack" => {
             let frame: ByToken = protocol::parse(&kind, body).map_err(fail)?;
             let token = frame.lease_token.get().map_err(fail)?;
-            settling(&session.in_hand, id, token, How::Ack)
+            Ok(settling(&session.in_hand, id, token, How::Ack))
         }
         "nack" => {
             let frame: NackFrame = protocol::parse(&kind, body).map_err(fail)?;
             let token = frame.lease_token.get().map_err(fail)?;
             let nack = deliver::nack(&frame.action, frame.reason).map_err(fail)?;
-            settling(&session.in_hand, id, token, How::Nack(nack))
+            Ok(settling(&session.in_hand, id, token, How::Nack(nack)))
         }
         "defer" => {
             let frame: DeferFrame = protocol::parse(&kind, body).map_err(fail)?;
             let token = frame.lease_token.get().map_err(fail)?;
             let defer = deliver::defer(frame.delay_ms, frame.until, frame.priority, frame.reason).map_err(fail)?;
-            settling(&session.in_hand, id, token, How::Defer(defer))
+            Ok(settling(&session.in_hand, id, token, How::Defer(defer)))
         }
         "extend" => {
             let frame: ByToken = protocol::parse(&kind, body).map_err(fail)?;
             let token = frame.lease_token.get().map_err(fail)?;
             deliver::extend(&session.in_hand, token).map_err(fail)?;
-            Ok(now(ok(id)))
+            Ok(now(ServerFrame::Ok(Done::to(id))))
         }
         _ => unreachable!("every kind of KINDS is answered"),
     }

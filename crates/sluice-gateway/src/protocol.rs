@@ -101,15 +101,7 @@ pub(crate) enum ServerFrame {
     },
     /// A `credit`, `ack`, `nack`, `defer` or `extend` done; the optional
     /// fields say what it did.
-    Ok {
-        id: RequestId,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        credit: Option<usize>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        state: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        due: Option<chrono::DateTime<chrono::Utc>>,
-    },
+    Ok(Done),
     Deliver {
         subscription: String,
         lease_token: String,
@@ -134,6 +126,26 @@ pub(crate) enum ServerFrame {
         code: Code,
         message: String,
     },
+}
+
+/// The body of an `ok`.
+#[derive(Debug, Serialize)]
+pub(crate) struct Done {
+    pub(crate) id: RequestId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) credit: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) due: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Done {
+    /// A bare `ok` to request `id`; the fields that say more are set with
+    /// `Done { credit: .., ..Done::to(id) }`.
+    pub(crate) fn to(id: RequestId) -> Done {
+        Done { id, credit: None, state: None, due: None }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -165,8 +177,6 @@ pub(crate) struct Hello {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Publish {
-    #[allow(dead_code)] // read before the frame is parsed, to be echoed even when it is malformed
-    pub(crate) id: RequestId,
     pub(crate) stream: String,
     pub(crate) events: Vec<EventFrame>,
 }
@@ -193,8 +203,6 @@ pub(crate) struct EventFrame {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Subscribe {
-    #[allow(dead_code)] // read before the frame is parsed
-    pub(crate) id: RequestId,
     pub(crate) stream: String,
     pub(crate) consumer: String,
     pub(crate) credit: usize,
@@ -204,8 +212,6 @@ pub(crate) struct Subscribe {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MoreCredit {
-    #[allow(dead_code)] // read before the frame is parsed
-    pub(crate) id: RequestId,
     pub(crate) subscription: String,
     pub(crate) add: usize,
 }
@@ -233,8 +239,6 @@ impl Token {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ByToken {
-    #[allow(dead_code)] // read before the frame is parsed
-    pub(crate) id: RequestId,
     pub(crate) lease_token: Token,
 }
 
@@ -242,8 +246,6 @@ pub(crate) struct ByToken {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NackFrame {
-    #[allow(dead_code)] // read before the frame is parsed
-    pub(crate) id: RequestId,
     pub(crate) lease_token: Token,
     pub(crate) action: String,
     #[serde(default)]
@@ -254,8 +256,6 @@ pub(crate) struct NackFrame {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeferFrame {
-    #[allow(dead_code)] // read before the frame is parsed
-    pub(crate) id: RequestId,
     pub(crate) lease_token: Token,
     #[serde(default)]
     pub(crate) delay_ms: Option<u64>,
@@ -270,13 +270,10 @@ pub(crate) struct DeferFrame {
 /// `ping`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Ping {
-    #[allow(dead_code)] // read before the frame is parsed
-    pub(crate) id: RequestId,
-}
+pub(crate) struct Ping {}
 
 /// A frame's `type` and `id`, read before the rest so that an error can
-/// name the request.
+/// name the request; `body` is the rest, without them.
 pub(crate) struct Envelope {
     pub(crate) kind: String,
     pub(crate) id: Option<RequestId>,
@@ -304,9 +301,10 @@ pub(crate) fn envelope(text: &str) -> Result<Envelope, Refusal> {
     let Value::Object(mut body) = value else {
         return Err(Refusal::new(Code::Malformed, "a frame is a JSON object"));
     };
-    let id = match body.get("id") {
+    // Taken out of the body: each type's struct is the rest.
+    let id = match body.remove("id") {
         None => None,
-        Some(id @ (Value::String(_) | Value::Number(_))) if id.to_string().len() <= 102 => Some(id.clone()),
+        Some(id @ (Value::String(_) | Value::Number(_))) if id.to_string().len() <= 102 => Some(id),
         Some(other) => {
             return Err(Refusal::new(
                 Code::Malformed,

@@ -214,16 +214,19 @@ impl<T> Message<T> {
 
     /// Hands the task back to the queue now, as a shutdown does: available
     /// again at once rather than after a lease, this attempt counted but not
-    /// as a failure (no backoff, no dead letter), logged as `released` with
-    /// `reason`. For a handler that can neither finish its task nor fail it:
-    /// the gateway releases the tasks of a client that went away. Fails
-    /// with [`TaskError::LeaseLost`] when this attempt no longer holds it.
+    /// as a failure (no backoff, no error recorded), logged as `released`
+    /// with `reason`. On the consumer's last attempt the task is discarded
+    /// instead (a dead letter), as when a lease is lost: a task whose
+    /// handler keeps taking its process down must not come back forever.
+    /// For a handler that can neither finish its task nor fail it: the
+    /// gateway releases the tasks of a client that went away. Fails with
+    /// [`TaskError::LeaseLost`] when this attempt no longer holds it.
     #[tracing::instrument(name = "sluice.release", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt))]
     pub async fn release(&self, reason: &str) -> Result<(), TaskError> {
         self.check_unsettled()?;
         check_text("reason", reason)?;
         let task = &self.task;
-        let query = sqlx::query_as::<_, (i64, i64)>(sql::RELEASE)
+        let query = sqlx::query_as::<_, (i64, i64, i64)>(sql::RELEASE)
             .persistent(false)
             .bind(task.consumer_id)
             .bind(vec![task.event_id.0])
@@ -231,10 +234,11 @@ impl<T> Message<T> {
             .bind(task.worker_id.0)
             .bind(vec![true])
             .bind(reason);
-        let (released, _) = on_db!(Db::from(&self.shared.pool), query, fetch_one).await?;
+        let (released, discarded, _) = on_db!(Db::from(&self.shared.pool), query, fetch_one).await?;
         if released == 0 {
             return Err(task.lost());
         }
+        self.shared.metrics.dead_lettered.increment(discarded as u64);
         self.settled.store(ACKED, Ordering::Release);
         Ok(())
     }

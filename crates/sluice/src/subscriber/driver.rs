@@ -403,7 +403,7 @@ where
             "handing tasks back",
             on_pool!(
                 &shared.pool,
-                sqlx::query_as::<_, (i64, i64)>(sql::RELEASE)
+                sqlx::query_as::<_, (i64, i64, i64)>(sql::RELEASE)
                     // Planned for each call's own arrays, as the ack is (see ack_tasks).
                     .persistent(false)
                     .bind(shared.consumer_id)
@@ -418,8 +418,9 @@ where
         .await;
         shared.registry.forget_all(keys);
         match result {
-            Ok((n, _)) => {
-                debug!(released = n, "handed tasks back");
+            Ok((n, discarded, _)) => {
+                shared.metrics.dead_lettered.increment(discarded as u64);
+                debug!(released = n, discarded, "handed tasks back");
                 // The others were settled meanwhile or had lost their lease.
                 (n as usize, 0)
             }
