@@ -643,9 +643,9 @@ async fn actions_on_tasks_in_the_wrong_state_are_refused() {
 
     let before = snapshot(&db.pool).await;
     let p = &db.pool;
-    let (cancellable, retryable) = ("available or scheduled", "discarded or cancelled");
+    let (cancellable, retryable) = ("available, scheduled, waiting or discarded", "discarded or cancelled");
     for (event, consumer, state) in states {
-        if !matches!(state, TaskState::Available | TaskState::Scheduled) {
+        if !matches!(state, TaskState::Available | TaskState::Scheduled | TaskState::Discarded) {
             let result = cancel_task(p, "jobs", consumer, event, Some("by hand")).await;
             wrong_state(result, event, consumer, state, "cancel", cancellable);
         }

@@ -382,7 +382,39 @@ async fn streams_and_consumers_from_the_cli() {
     assert_eq!(shown["paused"], true);
     assert_eq!(shown["stats"]["lag_events"], 0);
     assert_eq!(shown["workers"], serde_json::json!([]));
+    // The ordering by key: set on the paused, drained consumer and back;
+    // on a running one refused in one line, nothing changed.
+    let ordered = run_with_url(url, &["--json", "consumer", "set-order", "orders", "billing", "--ordered"])
+        .await
+        .json("set-order --ordered");
+    assert_eq!(
+        (ordered["ordered_by_key"].as_bool(), ordered["hold_key_on_dead_letter"].as_bool()),
+        (Some(true), Some(false))
+    );
+    let held = run_with_url(
+        url,
+        &["--json", "consumer", "set-order", "orders", "billing", "--ordered", "--hold-key-on-dead-letter"],
+    )
+    .await
+    .json("set-order --hold-key-on-dead-letter");
+    assert_eq!(held["hold_key_on_dead_letter"], true);
+    run_with_url(url, &["consumer", "set-order", "orders", "billing", "--unordered"]).await.success("--unordered");
+    assert!(!sluice::get_consumer(&db.pool, "orders", "billing").await.unwrap().ordered_by_key);
+    let both = run_with_url(url, &["consumer", "set-order", "orders", "billing", "--ordered", "--unordered"]).await;
+    assert!(both.failure("both").contains("--unordered"));
+    let neither = run_with_url(url, &["consumer", "set-order", "orders", "billing"]).await;
+    assert!(neither.failure("neither").contains("--unordered"));
     run_with_url(url, &["consumer", "resume", "orders", "billing"]).await.success("resume");
+    let running = run_with_url(url, &["consumer", "set-order", "orders", "billing", "--ordered"]).await;
+    assert!(running.failure("not paused").contains("it is not paused"));
+    assert!(!sluice::get_consumer(&db.pool, "orders", "billing").await.unwrap().ordered_by_key, "unchanged");
+    let created = run_with_url(url, &["--json", "consumer", "create", "orders", "ledger", "--ordered"])
+        .await
+        .json("create --ordered");
+    assert_eq!(created["ordered_by_key"], true);
+    let hold_alone = run_with_url(url, &["consumer", "create", "orders", "x", "--hold-key-on-dead-letter"]).await;
+    assert!(hold_alone.failure("hold without --ordered").contains("--ordered"));
+    run_with_url(url, &["consumer", "delete", "orders", "ledger", "--yes"]).await.success("delete ledger");
     assert!(!sluice::get_consumer(&db.pool, "orders", "billing").await.unwrap().paused);
 
     // Replay: published and completed, then reset to the beginning comes back as lag.

@@ -288,7 +288,7 @@ async fn without_statistics_a_batch_of_acks_is_estimated_over_the_jit_threshold_
     let consumer: i32 =
         sqlx::query_scalar("SELECT id FROM sluice.consumers WHERE name = 'c'").fetch_one(&db.direct).await.unwrap();
     // A million acked tasks leave their pages behind (dead rows, no VACUUM),
-    // then a thousand are running.
+    // then 1,500 are running.
     sqlx::raw_sql(&format!(
         "INSERT INTO sluice.tasks (consumer_id, event_id, event_txid, state, priority, position, attempt, finished_at)
          SELECT {consumer}, g, '1', 'completed', 1, g, 1, now() FROM generate_series(1, 1000000) g;
@@ -296,7 +296,7 @@ async fn without_statistics_a_batch_of_acks_is_estimated_over_the_jit_threshold_
          INSERT INTO sluice.tasks (consumer_id, event_id, event_txid, state, priority, position, attempt,
                                    worker_id, lease_until)
          SELECT {consumer}, g, '1', 'running', 1, g, 1, gen_random_uuid(), now() + interval '1 minute'
-         FROM generate_series(2000001, 2001000) g;"
+         FROM generate_series(2000001, 2001500) g;"
     ))
     .execute(&db.direct)
     .await
@@ -311,7 +311,7 @@ async fn without_statistics_a_batch_of_acks_is_estimated_over_the_jit_threshold_
     // Why the batch needs JIT off: its estimate is over the threshold.
     assert!(
         cost > jit_above,
-        "1,000 acks estimated at {cost}, under jit_above_cost {jit_above}: the test shows nothing"
+        "1,500 acks estimated at {cost}, under jit_above_cost {jit_above}: the test shows nothing"
     );
 
     // The ack and the refill turn JIT off for themselves.

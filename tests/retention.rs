@@ -178,6 +178,7 @@ async fn storage_stats_show_every_table_its_rows_dead_rows_and_size() {
             "event_partitioning",
             "event_partitions",
             "events",
+            "freed_keys",
             "gateway_clients",
             "gateway_keys",
             "gateway_publishes",

@@ -625,8 +625,9 @@ async fn the_worker_can_run_a_subscriber_and_nothing_else() {
     let ids = publish_batch(&publisher, "orders", (0..20).map(|n| event("orders.eu.created", n))).await.unwrap();
 
     // The worker may execute every Sluice function because each runs with the
-    // caller's rights, but one reviewed in docs/SECURITY.md: the partition
-    // maintenance, which takes no input and fixes its search path.
+    // caller's rights, but two reviewed in docs/SECURITY.md: the partition
+    // maintenance and the trigger that notes a freed key, which take no
+    // input of the caller's and fix their search path.
     let definers: Vec<(String, Vec<String>)> = sqlx::query_as(
         "SELECT proname::text, coalesce(proconfig, '{}') FROM pg_proc
          WHERE pronamespace = 'sluice'::regnamespace AND prosecdef",
@@ -635,8 +636,14 @@ async fn the_worker_can_run_a_subscriber_and_nothing_else() {
     .await
     .unwrap();
     let names: Vec<&str> = definers.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(names, ["maintain_event_partitions"], "SECURITY DEFINER functions need a review in the doc");
-    assert!(definers[0].1.iter().any(|c| c == "search_path=pg_catalog, pg_temp"), "{definers:?}");
+    assert_eq!(
+        names.iter().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from(["maintain_event_partitions", "note_freed_key"]),
+        "SECURITY DEFINER functions need a review in the doc"
+    );
+    for (_, config) in &definers {
+        assert!(config.iter().any(|c| c == "search_path=pg_catalog, pg_temp"), "{definers:?}");
+    }
 
     let worker = roles.connect("billing_worker").await;
     let done: Arc<Mutex<BTreeSet<i64>>> = Arc::default();

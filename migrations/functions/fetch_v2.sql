@@ -1,5 +1,5 @@
--- revision: 7
--- requires: 4
+-- revision: 8
+-- requires: 12
 --
 -- sluice.fetch_v2: the subscriber's one round trip. Moves consumer
 -- p_consumer's position forward and claims up to p_limit tasks for worker
@@ -9,8 +9,8 @@
 -- revision (above) is applied: a released change raises the revision. A change of
 -- signature or meaning gets a new name (fetch_v3), so that old and new
 -- workers can run side by side during a deploy. It needs migrations 2 (lease
--- tokens) and 4 (tasks name their event's txid), and is dropped when either
--- is reverted.
+-- tokens), 4 (tasks name their event's txid) and 12 (FIFO per key), and is
+-- dropped when one of them is reverted.
 --
 -- The window is every event whose transaction is visible in the current
 -- snapshot but was not in the stored position. Only transactions in progress
@@ -44,6 +44,17 @@
 -- call fails with lock_not_available (55P03), which the subscriber takes as
 -- busy: something else holds the row (an operator's open transaction that
 -- paused or reset the consumer, say).
+--
+-- A consumer ordered by key (migration 0012) gets, under the same row lock,
+-- two more steps. First the keys noted in sluice.freed_keys since the last
+-- refill move on: each one's first waiting task (by event id) becomes
+-- available (scheduled when its event's deliver_at is still ahead) unless the
+-- key still has a task available, running or scheduled (or, holding keys on
+-- dead letters, discarded). Then each new task of a key that has a pending
+-- task, or an earlier one in the same chunk, is inserted waiting: never
+-- leased nor claimed until its turn. Keyless events are not held back. For
+-- other consumers these steps fold away: the statements are planned with the
+-- consumer's settings as constants (force_custom_plan below).
 --
 -- Rows: first one status row (materialized, more, busy (always false
 -- now); the task columns null), then one row per claimed task (the status columns null). more: the
@@ -102,6 +113,7 @@ DECLARE
     v_more         boolean := false;
     v_leased       sluice.claimed_task[] := '{}';
     v_bytes        bigint := 0;
+    v_promoted     integer;
 BEGIN
     IF p_refill THEN
         -- NO KEY UPDATE, not UPDATE: the foreign-key checks of inserts into
@@ -139,6 +151,40 @@ BEGIN
         -- read every event after the window's progress (167 ms a call, for
         -- no row, under a pinned xmin with a backlog).
         v_xip := ARRAY(SELECT x FROM pg_snapshot_xip(c.position) AS x WHERE x >= v_wtxid);
+        IF c.ordered_by_key THEN
+            -- Keys whose head finished: their next task's turn. Notes of
+            -- transactions not yet committed are not seen, and wait for
+            -- the next refill.
+            WITH freed AS (
+                DELETE FROM sluice.freed_keys f WHERE f.consumer_id = c.id RETURNING f.key
+            ),
+            next AS MATERIALIZED (
+                -- Per key, by index (LATERAL, OFFSET 0): whatever the
+                -- estimates, never a join of every waiting task (that plan,
+                -- chosen on a tasks table without statistics, took seconds).
+                SELECT n.event_id
+                FROM (SELECT DISTINCT fr.key FROM freed fr) AS k
+                CROSS JOIN LATERAL (
+                    SELECT w.event_id FROM sluice.tasks w
+                    WHERE w.consumer_id = c.id AND w.key = k.key AND w.state = 'waiting'
+                      AND NOT EXISTS (
+                          SELECT 1 FROM sluice.tasks b
+                          WHERE b.consumer_id = c.id AND b.key = k.key
+                            AND (b.state IN ('available', 'running', 'scheduled')
+                                 OR (c.hold_key_on_dead_letter AND b.state = 'discarded')))
+                    ORDER BY w.event_id
+                    LIMIT 1
+                    OFFSET 0
+                ) AS n
+            )
+            UPDATE sluice.tasks t
+            SET state = CASE WHEN t.schedule_at > now() THEN 'scheduled' ELSE 'available' END::sluice.task_state,
+                schedule_at = CASE WHEN t.schedule_at > now() THEN t.schedule_at END
+            WHERE t.consumer_id = c.id AND t.event_id = ANY (ARRAY(SELECT event_id FROM next))
+              AND t.state = 'waiting';
+            GET DIAGNOSTICS v_promoted = ROW_COUNT;
+            v_queued := v_queued + v_promoted;
+        END IF;
         v_hungry := p_worker IS NOT NULL AND p_limit > 0 AND NOT c.paused
                     AND NOT EXISTS (SELECT 1 FROM sluice.tasks t
                                     WHERE t.consumer_id = p_consumer AND t.state = 'available');
@@ -199,7 +245,7 @@ BEGIN
             WITH win AS (
                 SELECT u.* FROM (
                     -- Transactions that were in progress at the position.
-                    (SELECT e.id, e.txid, e.subject, e.priority, e.deliver_at, e.created_at,
+                    (SELECT e.id, e.txid, e.subject, e.priority, e.deliver_at, e.created_at, e.key,
                             pg_column_size(e.payload) AS size
                      FROM sluice.events e
                      WHERE e.stream_id = c.stream_id
@@ -210,7 +256,7 @@ BEGIN
                      LIMIT v_scan)
                     UNION ALL
                     -- Transactions that started after it, up to the window's end.
-                    (SELECT e.id, e.txid, e.subject, e.priority, e.deliver_at, e.created_at,
+                    (SELECT e.id, e.txid, e.subject, e.priority, e.deliver_at, e.created_at, e.key,
                             pg_column_size(e.payload) AS size
                      FROM sluice.events e
                      WHERE e.stream_id = c.stream_id
@@ -227,30 +273,47 @@ BEGIN
             ),
             ins AS (
                 INSERT INTO sluice.tasks AS t (consumer_id, event_id, event_txid, state, priority, schedule_at,
-                                               position, attempt, worker_id, lease_until, lease_token)
+                                               position, attempt, worker_id, lease_until, lease_token, key)
                 SELECT c.id, m.id, m.txid, m.state, m.priority,
-                       CASE WHEN m.state = 'scheduled' THEN m.deliver_at END,
+                       -- A waiting task keeps its event's time for its turn.
+                       CASE WHEN m.state IN ('scheduled', 'waiting') THEN m.deliver_at END,
                        m.id,
                        CASE WHEN m.state = 'running' THEN 1 ELSE 0 END,
                        CASE WHEN m.state = 'running' THEN p_worker END,
                        CASE WHEN m.state = 'running' THEN now() + p_lease END,
-                       nextval('sluice.lease_token')
+                       nextval('sluice.lease_token'),
+                       CASE WHEN c.ordered_by_key THEN m.key END
                 FROM (
                     -- The best v_want of the chunk (within the byte budget)
                     -- go to the caller at once, as the claim would have
                     -- picked them; the rest queue up.
-                    SELECT w.id, w.txid, w.priority, w.deliver_at,
-                           CASE WHEN w.deliver_at > now() THEN 'scheduled'
+                    SELECT w.id, w.txid, w.priority, w.deliver_at, w.key,
+                           CASE WHEN w.waits THEN 'waiting'
+                                WHEN w.deliver_at > now() THEN 'scheduled'
                                 WHEN v_hungry
                                      AND row_number() OVER best <= v_want
                                      AND v_bytes + sum(w.size) OVER best - w.size < p_max_bytes THEN 'running'
                                 ELSE 'available' END::sluice.task_state AS state
-                    FROM win w
-                    WHERE w.subject ~ c.include_regex
-                      AND (c.exclude_regex IS NULL OR w.subject !~ c.exclude_regex)
-                      AND (c.start_from IS NULL OR w.created_at >= c.start_from)
-                      AND (c.start_event IS NULL OR w.id >= c.start_event)
-                    WINDOW best AS (PARTITION BY coalesce(w.deliver_at > now(), false)
+                    FROM (
+                        -- Ordered by key: whether the task waits for an
+                        -- earlier one of its key, pending or in this chunk.
+                        SELECT mw.*,
+                               coalesce(c.ordered_by_key AND mw.key IS NOT NULL
+                                        AND (row_number() OVER (PARTITION BY CASE WHEN c.ordered_by_key THEN mw.key END
+                                                                ORDER BY mw.txid, mw.id) > 1
+                                             OR EXISTS (
+                                                 SELECT 1 FROM sluice.tasks b
+                                                 WHERE b.consumer_id = c.id AND b.key = mw.key
+                                                   AND (b.state IN ('available', 'running', 'scheduled', 'waiting')
+                                                        OR (c.hold_key_on_dead_letter AND b.state = 'discarded')))),
+                                        false) AS waits
+                        FROM win mw
+                        WHERE mw.subject ~ c.include_regex
+                          AND (c.exclude_regex IS NULL OR mw.subject !~ c.exclude_regex)
+                          AND (c.start_from IS NULL OR mw.created_at >= c.start_from)
+                          AND (c.start_event IS NULL OR mw.id >= c.start_event)
+                    ) AS w
+                    WINDOW best AS (PARTITION BY coalesce(w.deliver_at > now(), false) OR w.waits
                                     ORDER BY w.priority DESC, w.id ROWS UNBOUNDED PRECEDING)
                 ) AS m
                 -- A replay (reset_position) brings completed tasks back as new
@@ -259,7 +322,8 @@ BEGIN
                 SET state = excluded.state, priority = excluded.priority, schedule_at = excluded.schedule_at,
                     position = excluded.position, attempt = excluded.attempt, worker_id = excluded.worker_id,
                     lease_until = excluded.lease_until, lease_token = excluded.lease_token,
-                    event_txid = excluded.event_txid, errors = '[]', created_at = now(), finished_at = NULL
+                    event_txid = excluded.event_txid, errors = '[]', created_at = now(), finished_at = NULL,
+                    key = excluded.key
                 WHERE t.state = 'completed'
                 RETURNING t.event_id, t.event_txid, t.state, t.attempt, t.priority, t.position, t.lease_token
             ),

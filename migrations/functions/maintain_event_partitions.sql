@@ -1,5 +1,5 @@
--- revision: 3
--- requires: 5
+-- revision: 4
+-- requires: 12
 --
 -- sluice.maintain_event_partitions: keeps sluice.events partitioned by
 -- transaction id. Called by every subscriber's housekeeping; runs at most
@@ -15,7 +15,7 @@
 -- 4. Drops the oldest partitions that nobody needs: sealed longer ago than
 --    the longest event retention of any stream, below every consumer's
 --    position (every consumer has materialized them), and with no pending
---    (available, scheduled, running) task of theirs. A lagging or paused
+--    (available, scheduled, running, waiting) task of theirs. A lagging or paused
 --    consumer holds them back; deleting it lets them go.
 --
 -- SECURITY DEFINER: creating and dropping partitions needs the table owner's
@@ -115,6 +115,8 @@ BEGIN
                               WHERE t.state = 'scheduled' AND t.event_txid >= p.lo AND t.event_txid < p.hi);
             EXIT WHEN EXISTS (SELECT 1 FROM sluice.tasks t
                               WHERE t.state = 'running' AND t.event_txid >= p.lo AND t.event_txid < p.hi);
+            EXIT WHEN EXISTS (SELECT 1 FROM sluice.tasks t
+                              WHERE t.state = 'waiting' AND t.event_txid >= p.lo AND t.event_txid < p.hi);
             EXECUTE format('DROP TABLE sluice.%I', p.name);
             DELETE FROM sluice.event_partitions WHERE name = p.name;
             dropped := dropped + 1;

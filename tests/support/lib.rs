@@ -204,7 +204,7 @@ where
 
 /// Sluice's tables right after migrating (partitions made ahead of the
 /// next transaction id, `events_<txid>`, left out), as [`sluice_tables`] lists them.
-pub const SLUICE_TABLES: [&str; 16] = [
+pub const SLUICE_TABLES: [&str; 17] = [
     "_functions",
     "_migrations",
     "consumers",
@@ -213,6 +213,7 @@ pub const SLUICE_TABLES: [&str; 16] = [
     "events",
     "events_0",
     "events_default",
+    "freed_keys",
     "gateway_clients",
     "gateway_keys",
     "gateway_publishes",

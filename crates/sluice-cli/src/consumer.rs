@@ -39,6 +39,20 @@ enum ConsumerCommand {
         /// Retry backoff: the first delay and the longest (default 1s,1h).
         #[arg(long, value_name = "INITIAL,MAX")]
         backoff: Option<String>,
+        #[command(flatten)]
+        order: OrderArgs,
+    },
+    /// Change a consumer's ordering by key (it must be paused, with no pending task).
+    SetOrder {
+        /// The stream.
+        stream: String,
+        /// The consumer.
+        name: String,
+        #[command(flatten)]
+        order: OrderArgs,
+        /// Hand its tasks out in any order (the default of a new consumer).
+        #[arg(long, conflicts_with_all = ["ordered", "hold_key_on_dead_letter"], required_unless_present = "ordered")]
+        unordered: bool,
     },
     /// List the consumers (of one stream, or all).
     List {
@@ -105,9 +119,42 @@ pub fn consumer_json(c: &sluice::Consumer) -> serde_json::Value {
         "completed_retention": output::duration(c.completed_retention),
         "dead_retention": output::duration(c.dead_retention),
         "log_retention": output::duration(c.log_retention),
+        "ordered_by_key": c.ordered_by_key,
+        "hold_key_on_dead_letter": c.hold_key_on_dead_letter,
         "paused": c.paused,
         "created_at": c.created_at,
     })
+}
+
+/// FIFO per key (docs/DESIGN.md, "FIFO per key").
+#[derive(Debug, clap::Args)]
+struct OrderArgs {
+    /// FIFO per key: tasks of events with the same key one at a time, in event
+    /// order, across every subscriber; keyless events are not held back.
+    #[arg(long)]
+    ordered: bool,
+    /// With --ordered: a dead letter holds its key until it is retried or
+    /// cancelled (by default the key's next task goes).
+    #[arg(long, requires = "ordered")]
+    hold_key_on_dead_letter: bool,
+}
+
+impl OrderArgs {
+    fn apply(&self, options: sluice::ConsumerOptions) -> sluice::ConsumerOptions {
+        match (self.ordered, self.hold_key_on_dead_letter) {
+            (_, true) => options.hold_key_on_dead_letter(),
+            (true, false) => options.ordered_by_key(),
+            (false, false) => options,
+        }
+    }
+}
+
+fn order_text(c: &sluice::Consumer) -> &'static str {
+    match (c.ordered_by_key, c.hold_key_on_dead_letter) {
+        (false, _) => "none",
+        (true, false) => "by key",
+        (true, true) => "by key, dead letters hold their key",
+    }
 }
 
 fn parse_start(text: &str) -> Result<sluice::Start> {
@@ -140,7 +187,8 @@ fn parse_backoff(text: &str) -> Result<(std::time::Duration, std::time::Duration
 fn settings_text(c: &sluice::Consumer) -> String {
     format!(
         "consumer     {} (stream {})\npaused       {}\ninclude      {}\nexclude      {}\nstart from   {}\n\
-         max attempts {}\nbackoff      {} to {}\nlease        {}\nretention    completed {}, dead {}, log {}\n",
+         max attempts {}\nbackoff      {} to {}\nlease        {}\nretention    completed {}, dead {}, log {}\n\
+         order        {}\n",
         c.name,
         c.stream,
         if c.paused { "yes" } else { "no" },
@@ -154,13 +202,14 @@ fn settings_text(c: &sluice::Consumer) -> String {
         output::duration(c.completed_retention),
         output::duration(c.dead_retention),
         output::duration(c.log_retention),
+        order_text(c),
     )
 }
 
 pub async fn run(pool: &PgPool, out: Out, args: ConsumerArgs) -> Result<()> {
     match args.command {
-        ConsumerCommand::Create { stream, name, include, exclude, start, max_attempts, lease, backoff } => {
-            let mut options = sluice::ConsumerOptions::default();
+        ConsumerCommand::Create { stream, name, include, exclude, start, max_attempts, lease, backoff, order } => {
+            let mut options = order.apply(sluice::ConsumerOptions::default());
             if !include.is_empty() {
                 options = options.include(include);
             }
@@ -180,6 +229,13 @@ pub async fn run(pool: &PgPool, out: Out, args: ConsumerArgs) -> Result<()> {
             }
             let c = sluice::create_consumer(pool, &stream, &name, options).await?;
             out.print(&consumer_json(&c), || settings_text(&c))
+        }
+        ConsumerCommand::SetOrder { stream, name, order, unordered: _ } => {
+            // The existing settings, with the ordering asked for.
+            let existing = sluice::get_consumer(pool, &stream, &name).await?;
+            let options = order.apply(sluice::ConsumerOptions::from(&existing).unordered());
+            let c = sluice::update_consumer(pool, &stream, &name, options).await?;
+            out.print(&consumer_json(&c), || format!("consumer {name} of stream {stream}: order {}", order_text(&c)))
         }
         ConsumerCommand::List { stream } => {
             let consumers = sluice::list_consumers(pool, stream.as_deref()).await?;
@@ -210,11 +266,12 @@ pub async fn run(pool: &PgPool, out: Out, args: ConsumerArgs) -> Result<()> {
                 let mut text = settings_text(&c);
                 if let Some(s) = stats.consumers.first() {
                     text.push_str(&format!(
-                        "lag          {} events (oldest {})\ntasks        {} scheduled, {} available, {} running, \
-                         {} completed, {} discarded, {} cancelled\n",
+                        "lag          {} events (oldest {})\ntasks        {} scheduled, {} waiting, {} available, \
+                         {} running, {} completed, {} discarded, {} cancelled\n",
                         s.lag_events,
                         output::age(s.lag_oldest_at),
                         s.scheduled,
+                        s.waiting,
                         s.available,
                         s.running,
                         s.completed,
@@ -256,7 +313,8 @@ pub async fn run(pool: &PgPool, out: Out, args: ConsumerArgs) -> Result<()> {
         }
         ConsumerCommand::Delete { stream, name, yes } => {
             let stats = sluice::queue_stats(pool, Some(&stream), Some(&name)).await?;
-            let pending = stats.consumers.first().map(|s| s.scheduled + s.available + s.running).unwrap_or(0);
+            let pending =
+                stats.consumers.first().map(|s| s.scheduled + s.waiting + s.available + s.running).unwrap_or(0);
             confirm(
                 yes,
                 &format!("Delete consumer {name:?} of stream {stream:?} with its {pending} pending task(s)?"),

@@ -64,8 +64,8 @@ pub async fn run(pool: &PgPool, out: Out, args: StatsArgs) -> Result<()> {
 
 fn render(stats: &sluice::QueueStats) -> String {
     let mut t = table([
-        "STREAM", "CONSUMER", "EVENTS", "LAG", "LAG AGE", "SCHED", "AVAIL", "RUN", "DEAD", "CANCEL", "HEAD AGE",
-        "DONE/MIN", "FAIL/MIN", "WORKERS",
+        "STREAM", "CONSUMER", "EVENTS", "LAG", "LAG AGE", "SCHED", "WAIT", "AVAIL", "RUN", "DEAD", "CANCEL",
+        "HEAD AGE", "DONE/MIN", "FAIL/MIN", "WORKERS",
     ]);
     for c in &stats.consumers {
         let mut workers = format!("{} active, {} idle", c.workers_active, c.workers_idle);
@@ -83,6 +83,7 @@ fn render(stats: &sluice::QueueStats) -> String {
             c.lag_events.to_string(),
             output::age(c.lag_oldest_at),
             c.scheduled.to_string(),
+            c.waiting.to_string(),
             c.available.to_string(),
             c.running.to_string(),
             c.discarded.to_string(),

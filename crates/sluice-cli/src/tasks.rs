@@ -111,9 +111,9 @@ enum TasksCommand {
     },
     /// Retry dead-lettered (discarded) or cancelled tasks.
     Retry(Steer),
-    /// Cancel available or scheduled tasks: they will not run.
+    /// Cancel available, scheduled or waiting tasks (they will not run), or dead letters (set aside for good).
     Cancel(Steer),
-    /// Dead-letter available or scheduled tasks (they can be retried later).
+    /// Dead-letter available, scheduled or waiting tasks (they can be retried later).
     Discard(Steer),
 }
 

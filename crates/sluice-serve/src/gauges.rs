@@ -46,6 +46,7 @@ pub async fn collect(pool: &PgPool) -> Result<(), sluice::Error> {
         gauge!(STREAM_EVENTS, "stream" => c.stream.clone()).set(c.events as f64);
         for (state, n) in [
             ("scheduled", c.scheduled),
+            ("waiting", c.waiting),
             ("available", c.available),
             ("running", c.running),
             ("completed", c.completed),

@@ -51,11 +51,11 @@ async fn view(state: &WebState, stream: &str, name: &str) -> PageResult {
                 h2 { "Tasks by state" }
                 table #tasks-by-state {
                     tr {
-                        @for state_name in ["scheduled", "available", "running", "completed", "discarded", "cancelled"] {
+                        @for state_name in ["scheduled", "waiting", "available", "running", "completed", "discarded", "cancelled"] {
                             th { a href=(state.href(&format!("{path}/tasks?state={state_name}"))) { (state_name) } }
                         }
                     }
-                    tr { @for n in [s.scheduled, s.available, s.running, s.completed, s.discarded, s.cancelled] { td.n { (n) } } }
+                    tr { @for n in [s.scheduled, s.waiting, s.available, s.running, s.completed, s.discarded, s.cancelled] { td.n { (n) } } }
                 }
             }
             p { a href=(state.href(&format!("{path}/tasks"))) { "All tasks" } }

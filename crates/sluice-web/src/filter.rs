@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use sluice::{TaskFilter, TaskState};
 
 /// The states a filter offers, in the queue's order.
-pub(crate) const STATES: [&str; 6] = ["scheduled", "available", "running", "completed", "discarded", "cancelled"];
+pub(crate) const STATES: [&str; 7] =
+    ["scheduled", "waiting", "available", "running", "completed", "discarded", "cancelled"];
 
 const HIDDEN: &str = "this dashboard hides payloads and metadata, so it does not match on them either";
 

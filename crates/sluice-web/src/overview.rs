@@ -35,9 +35,9 @@ async fn overview(state: &WebState) -> PageResult {
             (chart::throughput("throughput", &hour))
             h2 { "Tasks by state" }
             table #tasks-by-state {
-                tr { th { "scheduled" } th { "available" } th { "running" } th { "completed" } th { "discarded" } th { "cancelled" } }
+                tr { th { "scheduled" } th { "waiting" } th { "available" } th { "running" } th { "completed" } th { "discarded" } th { "cancelled" } }
                 tr {
-                    td.n { (sum(|s| s.scheduled)) } td.n { (sum(|s| s.available)) } td.n { (sum(|s| s.running)) }
+                    td.n { (sum(|s| s.scheduled)) } td.n { (sum(|s| s.waiting)) } td.n { (sum(|s| s.available)) } td.n { (sum(|s| s.running)) }
                     td.n { (sum(|s| s.completed)) } td.n { (sum(|s| s.discarded)) } td.n { (sum(|s| s.cancelled)) }
                 }
             }

@@ -44,8 +44,9 @@ async fn view(state: &WebState, stream: &str, name: &str, event: &str) -> PageRe
     let path = consumer_path(stream, name);
     let task_path = format!("{path}/tasks/{id}");
     let actions: &[Action] = match task.state {
-        TaskState::Discarded | TaskState::Cancelled => &[Action::Retry],
-        TaskState::Available | TaskState::Scheduled => &[Action::Cancel, Action::Discard],
+        TaskState::Discarded => &[Action::Retry, Action::Cancel],
+        TaskState::Cancelled => &[Action::Retry],
+        TaskState::Available | TaskState::Scheduled | TaskState::Waiting => &[Action::Cancel, Action::Discard],
         _ => &[],
     };
     let content = html! {

@@ -155,10 +155,10 @@ async fn confirmation(state: &WebState, stream: &str, name: &str, action: &str, 
     }
     let counts = sluice::count_tasks(state.pool(), stream, name, &checked.filter).await?;
     let taken: Vec<(TaskState, i64)> =
-        counts.into_iter().filter(|(s, n)| *n > 0 && action.applies_to().contains(s)).collect();
+        counts.into_iter().filter(|(s, n)| *n > 0 && action.takes(&checked.filter).contains(s)).collect();
     let total: i64 = taken.iter().map(|(_, n)| n).sum();
     let path = consumer_path(stream, name);
-    let from = action.applies_to().map(|s| s.as_str()).join(" or ");
+    let from = action.applies_to_list();
     let content = html! {
         h1 { "Confirm: " (action.name()) " tasks of " (name) }
         p { "Filter: " (form.describe()) ". Only " (from) " tasks can be " (action.past()) "." }
@@ -311,7 +311,7 @@ async fn selected(state: &WebState, stream: &str, name: &str, action: &str, fiel
     let pool = state.pool();
     let steered = sluice::steer_tasks(pool, action, stream, name, &filter, None).await?;
     let (n, asked) = (steered.changed.len(), ids.len());
-    let from = action.applies_to().map(|s| s.as_str()).join(" or ");
+    let from = action.applies_to_list();
     let content = html! {
         h1 { "Done" }
         p #done { (n) " of " (asked) " selected " @if asked == 1 { "task" } @else { "tasks" } " " (action.past()) "." }

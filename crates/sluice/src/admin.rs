@@ -184,6 +184,8 @@ pub struct ConsumerOptions {
     completed_retention: Duration,
     dead_retention: Duration,
     log_retention: Duration,
+    ordered_by_key: bool,
+    hold_key_on_dead_letter: bool,
 }
 
 impl Default for ConsumerOptions {
@@ -199,6 +201,8 @@ impl Default for ConsumerOptions {
             completed_retention: Duration::ZERO,
             dead_retention: ConsumerOptions::DEAD_RETENTION_DEFAULT,
             log_retention: ConsumerOptions::LOG_RETENTION_DEFAULT,
+            ordered_by_key: false,
+            hold_key_on_dead_letter: false,
         }
     }
 }
@@ -273,6 +277,46 @@ impl ConsumerOptions {
         self
     }
 
+    /// FIFO per key: tasks of events with the same key are handed out one at
+    /// a time, in the order of their events, across every subscriber and
+    /// process. While a key's task runs, waits for a retry or is deferred,
+    /// the key's later tasks wait (in the state `waiting`); other keys and
+    /// events without a key are not held up. Priorities order work across
+    /// keys, never within one. A dead letter lets its key's next task go,
+    /// unless [`ConsumerOptions::hold_key_on_dead_letter`].
+    ///
+    /// Changing it on an existing consumer ([`update_consumer`]) needs the
+    /// consumer paused with no pending task, or it is
+    /// [`Error::OrderingInUse`].
+    ///
+    /// ```
+    /// use sluice::ConsumerOptions;
+    /// let per_account = ConsumerOptions::default().ordered_by_key();
+    /// ```
+    pub fn ordered_by_key(mut self) -> Self {
+        self.ordered_by_key = true;
+        self
+    }
+
+    /// Ordered by key (as [`ConsumerOptions::ordered_by_key`]), and a dead
+    /// letter holds its key: the key's later tasks wait until it is retried
+    /// ([`crate::retry_task`]) or cancelled ([`crate::cancel_task`]).
+    pub fn hold_key_on_dead_letter(mut self) -> Self {
+        self.ordered_by_key = true;
+        self.hold_key_on_dead_letter = true;
+        self
+    }
+
+    /// Not ordered by key (the default): undoes
+    /// [`ConsumerOptions::ordered_by_key`] and
+    /// [`ConsumerOptions::hold_key_on_dead_letter`], for [`update_consumer`]
+    /// with the settings of an existing consumer.
+    pub fn unordered(mut self) -> Self {
+        self.ordered_by_key = false;
+        self.hold_key_on_dead_letter = false;
+        self
+    }
+
     fn validate(&self) -> Result<(), InvalidInput> {
         for (setting, retention) in [("dead_retention", self.dead_retention), ("log_retention", self.log_retention)] {
             if retention.is_zero() {
@@ -344,6 +388,10 @@ pub struct Consumer {
     pub dead_retention: Duration,
     /// How long the audit log is kept.
     pub log_retention: Duration,
+    /// FIFO per key ([`ConsumerOptions::ordered_by_key`]).
+    pub ordered_by_key: bool,
+    /// A dead letter holds its key ([`ConsumerOptions::hold_key_on_dead_letter`]).
+    pub hold_key_on_dead_letter: bool,
     /// Whether claiming is paused.
     pub paused: bool,
     /// When it was created.
@@ -366,6 +414,8 @@ struct ConsumerRow {
     completed_retention_ms: i64,
     dead_retention_ms: i64,
     log_retention_ms: i64,
+    ordered_by_key: bool,
+    hold_key_on_dead_letter: bool,
     paused: bool,
     created_at: DateTime<Utc>,
 }
@@ -385,6 +435,8 @@ impl From<ConsumerRow> for Consumer {
             completed_retention: ms_to_duration(r.completed_retention_ms),
             dead_retention: ms_to_duration(r.dead_retention_ms),
             log_retention: ms_to_duration(r.log_retention_ms),
+            ordered_by_key: r.ordered_by_key,
+            hold_key_on_dead_letter: r.hold_key_on_dead_letter,
             paused: r.paused,
             created_at: r.created_at,
         }
@@ -418,7 +470,9 @@ pub async fn create_consumer(
     };
     let create = bind_settings(sqlx::query_scalar(sql::CONSUMER_CREATE), stream, name, &options)?
         .bind(start_kind)
-        .bind(start_at);
+        .bind(start_at)
+        .bind(options.ordered_by_key)
+        .bind(options.hold_key_on_dead_letter);
     let created: Option<i32> = on_pool!(pool, create, fetch_optional).await.map_err(Error::db)?;
     let existing = match get_consumer(pool, stream, name).await {
         Err(Error::ConsumerNotFound { .. }) if created.is_none() => {
@@ -441,6 +495,8 @@ pub async fn create_consumer(
     diff.check("completed_retention", &existing.completed_retention, &options.completed_retention);
     diff.check("dead_retention", &existing.dead_retention, &options.dead_retention);
     diff.check("log_retention", &existing.log_retention, &options.log_retention);
+    diff.check("ordered_by_key", &existing.ordered_by_key, &options.ordered_by_key);
+    diff.check("hold_key_on_dead_letter", &existing.hold_key_on_dead_letter, &options.hold_key_on_dead_letter);
     match diff.finish() {
         None => Ok(existing),
         Some(differences) => {
@@ -449,10 +505,13 @@ pub async fn create_consumer(
     }
 }
 
-/// Changes a consumer's settings: filters, attempts, backoff, lease and
-/// retentions (where it started stays as it was). Running subscribers pick
-/// the new filters up at their next refill and the retentions at their next
-/// housekeeping run; nothing already stored is lost by the change itself.
+/// Changes a consumer's settings: filters, attempts, backoff, lease,
+/// retentions and ordering by key (where it started stays as it was).
+/// Running subscribers pick the new filters up at their next refill and the
+/// retentions at their next housekeeping run; nothing already stored is lost
+/// by the change itself. The ordering by key changes only while the consumer
+/// is paused with no pending task, else [`Error::OrderingInUse`] and nothing
+/// changes.
 ///
 /// ```no_run
 /// # async fn run(pool: sqlx::PgPool) -> Result<(), sluice::Error> {
@@ -472,15 +531,52 @@ pub async fn update_consumer(
     check_name("stream", stream)?;
     check_name("consumer", name)?;
     options.validate()?;
-    let update = bind_settings(sqlx::query_scalar(sql::CONSUMER_UPDATE), stream, name, &options)?;
-    let updated: Option<i32> = on_pool!(pool, update, fetch_optional).await.map_err(Error::db)?;
-    match updated {
-        Some(_) => get_consumer(pool, stream, name).await,
-        None => {
-            get_stream(pool, stream).await?;
-            Err(Error::ConsumerNotFound { stream: stream.to_string(), consumer: name.to_string() })
+    // One transaction: the ordering is checked under the consumer's lock,
+    // which waits for a refill in progress and holds off the next ones.
+    let mut tx = pool.begin().await.map_err(Error::db)?;
+    let locked: Option<(i32, bool, bool, bool)> = sqlx::query_as(sql::CONSUMER_LOCK)
+        .persistent(false)
+        .bind(stream)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(Error::db)?;
+    let Some((id, paused, ordered, hold)) = locked else {
+        drop(tx);
+        get_stream(pool, stream).await?;
+        return Err(Error::ConsumerNotFound { stream: stream.to_string(), consumer: name.to_string() });
+    };
+    if (ordered, hold) != (options.ordered_by_key, options.hold_key_on_dead_letter) {
+        let in_use =
+            |reason: String| Error::OrderingInUse { stream: stream.to_string(), consumer: name.to_string(), reason };
+        if !paused {
+            return Err(in_use("it is not paused".into()));
         }
+        let pending: i64 = sqlx::query_scalar(sql::CONSUMER_PENDING)
+            .persistent(false)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(Error::db)?;
+        if pending > 0 {
+            return Err(in_use(format!("{pending} of its tasks are pending")));
+        }
+        sqlx::query(sql::CONSUMER_SET_ORDER)
+            .persistent(false)
+            .bind(id)
+            .bind(options.ordered_by_key)
+            .bind(options.hold_key_on_dead_letter)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db)?;
     }
+    bind_settings(sqlx::query_scalar(sql::CONSUMER_UPDATE), stream, name, &options)?
+        .persistent(false)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(Error::db)?;
+    tx.commit().await.map_err(Error::db)?;
+    get_consumer(pool, stream, name).await
 }
 
 type ScalarQuery<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, i32, sqlx::postgres::PgArguments>;
@@ -522,6 +618,8 @@ impl From<&Consumer> for ConsumerOptions {
             completed_retention: c.completed_retention,
             dead_retention: c.dead_retention,
             log_retention: c.log_retention,
+            ordered_by_key: c.ordered_by_key,
+            hold_key_on_dead_letter: c.hold_key_on_dead_letter,
         }
     }
 }

@@ -92,6 +92,21 @@ pub enum Error {
         /// Each differing setting, `name: stored X, requested Y`.
         differences: String,
     },
+    /// The consumer's ordering by key cannot change now: it is running or has
+    /// pending tasks, which were ordered (or not) under the old setting.
+    /// Nothing was changed.
+    #[error(
+        "cannot change the ordering by key of consumer {consumer:?} of stream {stream:?}: {reason}; \
+         pause it and let its pending tasks finish (or cancel them) first"
+    )]
+    OrderingInUse {
+        /// The stream's name.
+        stream: String,
+        /// The consumer's name.
+        consumer: String,
+        /// Why: not paused, or how many tasks are pending.
+        reason: String,
+    },
     /// No task of that consumer for that event.
     #[error("consumer {consumer:?} of stream {stream:?} has no task for event {event_id}")]
     TaskNotFound {

@@ -101,6 +101,9 @@ impl fmt::Display for Priority {
 pub enum TaskState {
     /// Waiting for its time (`deliver_at`, a deferral or a retry backoff).
     Scheduled,
+    /// Of a consumer ordered by key: waiting for the earlier tasks of its
+    /// key to finish ([`ConsumerOptions::ordered_by_key`](crate::ConsumerOptions::ordered_by_key)).
+    Waiting,
     /// Ready to be claimed.
     Available,
     /// Claimed by a worker, under a lease.
@@ -119,6 +122,7 @@ impl TaskState {
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Scheduled => "scheduled",
+            TaskState::Waiting => "waiting",
             TaskState::Available => "available",
             TaskState::Running => "running",
             TaskState::Completed => "completed",
@@ -136,7 +140,7 @@ impl fmt::Display for TaskState {
 
 impl TaskState {
     /// The state as read from `sluice.tasks.state`. The column's enum holds
-    /// only the six states; anything else reads as discarded, the state that
+    /// only the seven states; anything else reads as discarded, the state that
     /// keeps a task out of the queue and up for inspection.
     pub(crate) fn from_db(state: &str) -> TaskState {
         state.parse().unwrap_or(TaskState::Discarded)
@@ -148,6 +152,7 @@ impl std::str::FromStr for TaskState {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
             "scheduled" => TaskState::Scheduled,
+            "waiting" => TaskState::Waiting,
             "available" => TaskState::Available,
             "running" => TaskState::Running,
             "completed" => TaskState::Completed,

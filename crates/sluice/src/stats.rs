@@ -99,6 +99,8 @@ pub struct ConsumerStats {
     pub lag_oldest_at: Option<DateTime<Utc>>,
     /// Tasks waiting for their time (deliver_at, a deferral, a retry).
     pub scheduled: i64,
+    /// Tasks waiting for an earlier task of their key (a consumer ordered by key).
+    pub waiting: i64,
     /// Tasks ready to be claimed.
     pub available: i64,
     /// Tasks claimed by a worker.

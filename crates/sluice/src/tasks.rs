@@ -403,14 +403,19 @@ pub struct Steered {
 /// let retry: TaskAction = "retry".parse().unwrap();
 /// assert_eq!(retry.past(), "retried");
 /// assert_eq!(retry.applies_to(), [TaskState::Discarded, TaskState::Cancelled]);
+/// assert_eq!(retry.applies_to_list(), "discarded or cancelled");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TaskAction {
     /// Dead letters and cancelled tasks become available again, attempts reset.
     Retry,
-    /// Available and scheduled tasks are cancelled: they will not run.
+    /// Available, scheduled and waiting tasks are cancelled: they will not
+    /// run. So are dead letters named by state or id: set aside for good
+    /// (which lets the next task of their key go, where the consumer holds
+    /// keys on dead letters).
     Cancel,
-    /// Available and scheduled tasks become dead letters (retriable by hand).
+    /// Available, scheduled and waiting tasks become dead letters (retriable
+    /// by hand).
     Discard,
 }
 
@@ -437,10 +442,13 @@ impl TaskAction {
     }
 
     /// The states a task must be in for the action; tasks in others are left alone.
-    pub fn applies_to(self) -> [TaskState; 2] {
+    pub fn applies_to(self) -> &'static [TaskState] {
         match self {
-            TaskAction::Retry => [TaskState::Discarded, TaskState::Cancelled],
-            TaskAction::Cancel | TaskAction::Discard => [TaskState::Available, TaskState::Scheduled],
+            TaskAction::Retry => &[TaskState::Discarded, TaskState::Cancelled],
+            TaskAction::Cancel => {
+                &[TaskState::Available, TaskState::Scheduled, TaskState::Waiting, TaskState::Discarded]
+            }
+            TaskAction::Discard => &[TaskState::Available, TaskState::Scheduled, TaskState::Waiting],
         }
     }
 
@@ -453,8 +461,26 @@ impl TaskAction {
         }
     }
 
-    fn applies_to_list(self) -> String {
-        self.applies_to().map(|s| s.as_str()).join(" or ")
+    /// The states of the tasks the action takes among those `filter`
+    /// selects: [`TaskAction::applies_to`], but a cancel takes dead letters
+    /// only when the filter names them (by state, or by event id), so that
+    /// "cancel everything pending" leaves them alone.
+    pub fn takes(self, filter: &TaskFilter) -> Vec<TaskState> {
+        let named = filter.states.contains(&TaskState::Discarded) || filter.event_ids.is_some();
+        self.applies_to()
+            .iter()
+            .copied()
+            .filter(|s| !(self == TaskAction::Cancel && *s == TaskState::Discarded) || named)
+            .collect()
+    }
+
+    /// [`TaskAction::applies_to`] as people read it: `a, b or c`.
+    pub fn applies_to_list(self) -> String {
+        let names: Vec<&str> = self.applies_to().iter().map(|s| s.as_str()).collect();
+        match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => names.join(""),
+        }
     }
 }
 
@@ -581,8 +607,9 @@ pub async fn steer_tasks(
     Ok(steered)
 }
 
-/// Cancels an available or scheduled task; it will not run. Any other state
-/// is [`Error::TaskState`] and nothing changes.
+/// Cancels an available, scheduled or waiting task (it will not run), or a
+/// dead letter (set aside for good). Any other state is
+/// [`Error::TaskState`] and nothing changes.
 pub async fn cancel_task(
     pool: &PgPool,
     stream: &str,
@@ -593,7 +620,7 @@ pub async fn cancel_task(
     steer_task(pool, TaskAction::Cancel, stream, consumer, event_id, reason).await
 }
 
-/// Dead-letters an available or scheduled task by hand (see
+/// Dead-letters an available, scheduled or waiting task by hand (see
 /// [`discard_tasks`]). Any other state is [`Error::TaskState`] and nothing
 /// changes.
 pub async fn discard_task(

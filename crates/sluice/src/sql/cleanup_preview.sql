@@ -32,7 +32,7 @@ FROM (
                p.sealed_at <= now() - (SELECT coalesce(max(event_retention), interval '0') FROM sluice.streams)
                AND NOT EXISTS (SELECT 1 FROM sluice.consumers c WHERE pg_snapshot_xmin(c.position) < p.hi)
                AND NOT EXISTS (SELECT 1 FROM sluice.tasks t
-                               WHERE t.state IN ('available', 'scheduled', 'running')
+                               WHERE t.state IN ('available', 'scheduled', 'running', 'waiting')
                                  AND t.event_txid >= p.lo AND t.event_txid < p.hi))
                OVER (ORDER BY p.lo) AS droppable
     FROM sluice.event_partitions p

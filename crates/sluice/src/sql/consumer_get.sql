@@ -6,7 +6,7 @@ c.max_attempts,
 (extract(epoch FROM c.completed_retention) * 1000)::bigint AS completed_retention_ms,
 (extract(epoch FROM c.dead_retention) * 1000)::bigint AS dead_retention_ms,
 (extract(epoch FROM c.log_retention) * 1000)::bigint AS log_retention_ms,
-c.paused, c.created_at
+c.ordered_by_key, c.hold_key_on_dead_letter, c.paused, c.created_at
 FROM sluice.consumers c
 JOIN sluice.streams s ON s.id = c.stream_id
 WHERE s.name = $1 AND c.name = $2

@@ -11,7 +11,7 @@
 SELECT s.name AS stream, c.name AS consumer, c.paused,
        ev.events, ev.last_event_at,
        lag.events AS lag_events, lag.oldest_at AS lag_oldest_at,
-       tk.scheduled, tk.available, tk.running, tk.completed, tk.discarded, tk.cancelled,
+       tk.scheduled, tk.waiting, tk.available, tk.running, tk.completed, tk.discarded, tk.cancelled,
        tk.oldest_available_at,
        wk.completed_last_minute, wk.failed_last_minute,
        wk.active AS workers_active, wk.idle AS workers_idle, wk.stopping AS workers_stopping,
@@ -39,6 +39,7 @@ CROSS JOIN LATERAL (
 ) lag
 CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE t.state = 'scheduled') AS scheduled,
+           count(*) FILTER (WHERE t.state = 'waiting') AS waiting,
            count(*) FILTER (WHERE t.state = 'available') AS available,
            count(*) FILTER (WHERE t.state = 'running') AS running,
            count(*) FILTER (WHERE t.state = 'completed') AS completed,

@@ -1,7 +1,9 @@
 -- Retries by hand up to $9 discarded or cancelled tasks the filter selects
 -- (task_filter.sql), in event id order: available again at the end of the
 -- queue (state $11, `available`), attempts reset (their error history
--- kept), logged with reason $10.
+-- kept), logged with reason $10. A keyed task of a consumer ordered by key
+-- waits instead, for the refill to give it its key's next turn (it comes
+-- before the key's later tasks: they wait in event order).
 -- A task whose state changed meanwhile is left alone (the update re-checks
 -- it under its row lock). Returns the event ids retried.
 , target AS MATERIALIZED (
@@ -9,9 +11,13 @@
 ),
 retried AS (
     UPDATE sluice.tasks t
-    SET state = $11::text::sluice.task_state, attempt = 0, finished_at = NULL, schedule_at = NULL,
+    SET state = CASE WHEN t.key IS NOT NULL AND c.ordered_by_key THEN 'waiting'
+                     ELSE $11::text::sluice.task_state END,
+        attempt = 0, finished_at = NULL, schedule_at = NULL,
         position = nextval('sluice.event_id')
-    WHERE t.consumer_id = $1 AND t.event_id = ANY (ARRAY(SELECT event_id FROM target))
+    FROM sluice.consumers c
+    WHERE c.id = t.consumer_id
+      AND t.consumer_id = $1 AND t.event_id = ANY (ARRAY(SELECT event_id FROM target))
       AND t.state IN ('discarded', 'cancelled')
     RETURNING t.consumer_id, t.event_id, t.attempt, t.priority
 ),
