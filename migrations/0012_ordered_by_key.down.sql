@@ -9,7 +9,8 @@ DROP TRIGGER tasks_key_freed ON sluice.tasks;
 DROP FUNCTION sluice.note_freed_key();
 DROP TABLE sluice.freed_keys;
 DROP INDEX sluice.tasks_waiting_idx;
-DROP INDEX sluice.tasks_key_idx;
+DROP INDEX sluice.tasks_key_waiting_idx;
+DROP INDEX sluice.tasks_key_busy_idx;
 ALTER TABLE sluice.tasks DROP COLUMN key;
 ALTER TABLE sluice.consumers
     DROP CONSTRAINT consumers_hold_needs_order,

@@ -27,9 +27,13 @@ ALTER TABLE sluice.consumers
 -- other consumers are in none of the indexes below.
 ALTER TABLE sluice.tasks ADD COLUMN key text;
 
--- A key's tasks by state, then event order: is the key busy, and which
--- waiting task is next.
-CREATE INDEX tasks_key_idx ON sluice.tasks (consumer_id, key, state, event_id) WHERE key IS NOT NULL;
+-- Is a key busy: its task available, running or scheduled (or a dead letter,
+-- where dead letters hold keys). Queries name exactly these states, so that
+-- no other partial index (each of one state, read whole) fits them.
+CREATE INDEX tasks_key_busy_idx ON sluice.tasks (consumer_id, key, state)
+    WHERE key IS NOT NULL AND state IN ('available', 'running', 'scheduled', 'discarded');
+-- A key's waiting tasks in event order: which one is next.
+CREATE INDEX tasks_key_waiting_idx ON sluice.tasks (consumer_id, key, event_id) WHERE state = 'waiting';
 -- Waiting tasks by their event's transaction: an event partition is dropped
 -- only when no pending task needs it (sluice.maintain_event_partitions).
 CREATE INDEX tasks_waiting_idx ON sluice.tasks (event_txid) WHERE state = 'waiting';

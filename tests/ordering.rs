@@ -274,3 +274,35 @@ async fn the_ordering_changes_only_on_a_paused_drained_consumer() {
     let err = create_consumer(&db.pool, "jobs", "c", ConsumerOptions::from(&changed).unordered()).await.unwrap_err();
     assert!(err.to_string().contains("ordered_by_key"), "{err}");
 }
+
+/// Fan-out: an unordered consumer of the same stream gets the same keyed
+/// events without waiting for the ordered one.
+#[tokio::test]
+async fn an_unordered_consumer_of_the_same_stream_does_not_wait_for_the_ordered_one() {
+    let db = TestDb::new().await;
+    setup(&db, ConsumerOptions::default().ordered_by_key()).await;
+    create_consumer(&db.pool, "jobs", "d", ConsumerOptions::default()).await.unwrap();
+    let ids = publish_batch(&db.pool, "jobs", [event(1, Some("a")), event(2, Some("a"))]).await.unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let held = {
+        let gate = gate.clone();
+        move |_msg: Message<Value>| {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                Ok::<_, HandlerError>(())
+            }
+        }
+    };
+    let c = sub(&db.pool, subscription(), held).await.unwrap();
+    let seen: Log = Arc::default();
+    let d = support::record_n(&db.pool, Subscription::new("jobs", "d").poll_interval(Duration::from_millis(50)), &seen)
+        .await;
+    wait_until(WAIT, "both handled by the unordered consumer", || async { seen.lock().unwrap().len() == 2 }).await;
+    assert_eq!(state_of(&db, ids[1]).await, Some(TaskState::Waiting), "the ordered one still waits");
+    gate.add_permits(2);
+    wait_until(WAIT, "the ordered consumer done", || async { support::task_states(&db.pool, "c").await.is_empty() })
+        .await;
+    c.shutdown(Duration::from_secs(5)).await;
+    d.shutdown(Duration::from_secs(5)).await;
+}

@@ -167,11 +167,14 @@ BEGIN
                 CROSS JOIN LATERAL (
                     SELECT w.event_id FROM sluice.tasks w
                     WHERE w.consumer_id = c.id AND w.key = k.key AND w.state = 'waiting'
+                      -- The states of tasks_key_busy_idx, exactly: no
+                      -- other partial index fits (one of a single state
+                      -- would be read whole, every key's tasks in it).
                       AND NOT EXISTS (
                           SELECT 1 FROM sluice.tasks b
                           WHERE b.consumer_id = c.id AND b.key = k.key
-                            AND (b.state IN ('available', 'running', 'scheduled')
-                                 OR (c.hold_key_on_dead_letter AND b.state = 'discarded')))
+                            AND b.state IN ('available', 'running', 'scheduled', 'discarded')
+                            AND (b.state <> 'discarded' OR c.hold_key_on_dead_letter))
                     ORDER BY w.event_id
                     LIMIT 1
                     OFFSET 0
@@ -181,7 +184,10 @@ BEGIN
             SET state = CASE WHEN t.schedule_at > now() THEN 'scheduled' ELSE 'available' END::sluice.task_state,
                 schedule_at = CASE WHEN t.schedule_at > now() THEN t.schedule_at END
             WHERE t.consumer_id = c.id AND t.event_id = ANY (ARRAY(SELECT event_id FROM next))
-              AND t.state = 'waiting';
+              -- As text: a test the waiting index's predicate does not
+              -- match, so the update looks the tasks up by primary key
+              -- instead of reading every waiting task of the consumer.
+              AND t.state::text = 'waiting';
             GET DIAGNOSTICS v_promoted = ROW_COUNT;
             v_queued := v_queued + v_promoted;
         END IF;
@@ -301,11 +307,16 @@ BEGIN
                                coalesce(c.ordered_by_key AND mw.key IS NOT NULL
                                         AND (row_number() OVER (PARTITION BY CASE WHEN c.ordered_by_key THEN mw.key END
                                                                 ORDER BY mw.txid, mw.id) > 1
+                                             -- (each test by its own index, as above)
                                              OR EXISTS (
                                                  SELECT 1 FROM sluice.tasks b
                                                  WHERE b.consumer_id = c.id AND b.key = mw.key
-                                                   AND (b.state IN ('available', 'running', 'scheduled', 'waiting')
-                                                        OR (c.hold_key_on_dead_letter AND b.state = 'discarded')))),
+                                                   AND b.state IN ('available', 'running', 'scheduled', 'discarded')
+                                                   AND (b.state <> 'discarded' OR c.hold_key_on_dead_letter))
+                                             OR EXISTS (
+                                                 SELECT 1 FROM sluice.tasks b
+                                                 WHERE b.consumer_id = c.id AND b.key = mw.key
+                                                   AND b.state = 'waiting')),
                                         false) AS waits
                         FROM win mw
                         WHERE mw.subject ~ c.include_regex

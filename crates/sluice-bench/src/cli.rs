@@ -58,12 +58,15 @@ pub enum Scenario {
     Pressure,
     /// Publish, drain and latency through the WebSocket gateway, beside the library in process.
     Gateway,
+    /// The drain of a consumer ordered by key (FIFO per key) beside an unordered one, with few
+    /// and with many keys.
+    Fifo,
     /// Every scenario above.
     All,
 }
 
 impl Scenario {
-    pub const EACH: [Scenario; 11] = [
+    pub const EACH: [Scenario; 12] = [
         Scenario::Publish,
         Scenario::Single,
         Scenario::Drain,
@@ -75,6 +78,7 @@ impl Scenario {
         Scenario::Selective,
         Scenario::Pressure,
         Scenario::Gateway,
+        Scenario::Fifo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +94,7 @@ impl Scenario {
             Scenario::Selective => "selective",
             Scenario::Pressure => "pressure",
             Scenario::Gateway => "gateway",
+            Scenario::Fifo => "fifo",
             Scenario::All => "all",
         }
     }
@@ -233,6 +238,14 @@ pub struct BenchArgs {
     #[arg(long)]
     pub selective_n: Option<u64>,
 
+    /// fifo: events per drain [default: 20000; smoke 2000].
+    #[arg(long)]
+    pub fifo_n: Option<u64>,
+
+    /// fifo: numbers of distinct keys, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "50,5000")]
+    pub fifo_keys: Vec<u64>,
+
     /// selective: one event in this many matches the consumer's subject filter.
     #[arg(long, default_value_t = 1000)]
     pub selective_every: u64,
@@ -341,6 +354,8 @@ pub struct Params {
     pub processes: Vec<usize>,
     pub selective_n: u64,
     pub selective_every: u64,
+    pub fifo_n: u64,
+    pub fifo_keys: Vec<u64>,
     pub pressure: PressureParams,
     pub peers: bool,
     pub timeout_s: u64,
@@ -392,6 +407,8 @@ impl BenchArgs {
             processes: self.processes.clone(),
             selective_n: pick(self.selective_n, 1_000_000, 20_000),
             selective_every: self.selective_every,
+            fifo_n: pick(self.fifo_n, 20_000, 2_000),
+            fifo_keys: self.fifo_keys.clone(),
             pressure: self.pressure_params(),
             peers: self.peers,
             timeout_s: self.timeout,
@@ -454,6 +471,7 @@ impl Params {
         ensure!(self.publishers.iter().all(|&p| p >= 1), "--publishers must all be at least 1");
         ensure!(self.processes.iter().all(|&p| p >= 1), "--processes must all be at least 1");
         ensure!(self.selective_every >= 1, "--selective-every must be at least 1");
+        ensure!(self.fifo_keys.iter().all(|k| *k >= 1), "every --fifo-keys must be at least 1");
         ensure!(
             self.selective_n >= self.selective_every,
             "--selective-n must be at least --selective-every, so that some event matches"
@@ -464,9 +482,16 @@ impl Params {
             ensure!(s.is_finite() && s > 0.0, "every --pressure-*-secs must be more than 0");
         }
         ensure!(pr.burst_factor.is_finite() && pr.burst_factor > 0.0, "--pressure-burst-factor must be more than 0");
-        for n in
-            [self.publish_n, self.drain_n, self.soak_n, self.pinned_n, self.scale_n, self.selective_n, pr.calibrate_n]
-        {
+        for n in [
+            self.publish_n,
+            self.drain_n,
+            self.soak_n,
+            self.pinned_n,
+            self.scale_n,
+            self.selective_n,
+            self.fifo_n,
+            pr.calibrate_n,
+        ] {
             ensure!(n >= 1, "every N must be at least 1");
         }
         Ok(())

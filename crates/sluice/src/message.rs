@@ -131,6 +131,7 @@ impl<T> Message<T> {
         self.check_unsettled()?;
         self.task.ack_counted(&self.shared.pool, Some(&self.shared.metrics)).await?;
         self.settled.store(ACKED, Ordering::Release);
+        self.shared.acked();
         Ok(())
     }
 

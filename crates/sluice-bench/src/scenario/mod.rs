@@ -6,6 +6,7 @@ use crate::db::BenchDb;
 use crate::report::{Output, Report};
 
 mod drain;
+mod fifo;
 mod gateway;
 mod idle;
 mod latency;
@@ -37,6 +38,7 @@ pub async fn run(scenario: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Report> {
         Scenario::Selective => selective::run(ctx).await,
         Scenario::Pressure => pressure::run(ctx).await,
         Scenario::Gateway => gateway::run(ctx).await,
+        Scenario::Fifo => fifo::run(ctx).await,
         Scenario::All => unreachable!("`all` is expanded when the options are read"),
     }
 }

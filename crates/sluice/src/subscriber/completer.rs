@@ -138,6 +138,9 @@ async fn flush(shared: &Shared, batch: &[Key]) -> (std::collections::HashSet<i64
                     warn!(lost, "some acks came after their leases were lost; those tasks run again");
                 }
                 shared.emit(SubscriberEvent::Flushed { acked: acked.len(), lost });
+                if !acked.is_empty() {
+                    shared.acked();
+                }
                 return (acked.into_iter().collect(), 0);
             }
             Err(e) if tries < FLUSH_TRIES => {

@@ -255,6 +255,10 @@ where
                     follow_up = Some(0);
                     follow_up_at = None;
                 }
+                _ = shared.keys_freed.notified(), if shared.ordered_by_key => {
+                    dirty = true;
+                    idle = false;
+                }
                 _ = sleep_until(follow_up_at.unwrap_or(next_tick)), if follow_up_at.is_some() => {
                     follow_up_at = None;
                     dirty = true;

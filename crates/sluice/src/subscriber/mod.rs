@@ -66,6 +66,12 @@ pub(crate) struct Shared {
     pub(crate) consumer: String,
     pub(crate) consumer_id: i32,
     pub(crate) stream_id: i32,
+    /// The consumer was ordered by key when the subscriber started.
+    pub(crate) ordered_by_key: bool,
+    /// Told when this worker's acks may have freed keys (ordered consumers
+    /// only): the key's next task is made available by a refill, so the
+    /// driver refills at once instead of at its next tick.
+    pub(crate) keys_freed: tokio::sync::Notify,
     pub(crate) worker_id: Uuid,
     pub(crate) lease_ms: i64,
     pub(crate) dead_after: Duration,
@@ -92,6 +98,14 @@ impl Shared {
         let mut due = self.due.lock().expect("due time poisoned");
         if due.is_none_or(|d| at < d) {
             *due = Some(at);
+        }
+    }
+
+    /// Acks were written: on a consumer ordered by key, wake the driver to
+    /// refill (and so move the freed keys on).
+    pub(crate) fn acked(&self) {
+        if self.ordered_by_key {
+            self.keys_freed.notify_one();
         }
     }
 
@@ -234,6 +248,7 @@ struct ConsumerLookup {
     backoff_max_ms: i64,
     lease_ms: i64,
     stream_id: i32,
+    ordered_by_key: bool,
 }
 
 /// Starts a subscriber for one consumer and returns its handle. Each task
@@ -315,6 +330,8 @@ where
         consumer: subscription.consumer.clone(),
         consumer_id: lookup.id,
         stream_id: lookup.stream_id,
+        ordered_by_key: lookup.ordered_by_key,
+        keys_freed: tokio::sync::Notify::new(),
         worker_id,
         lease_ms,
         dead_after: subscription.dead_after,
