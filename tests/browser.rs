@@ -302,7 +302,7 @@ type Row = BTreeMap<String, String>;
 
 /// A row of "Tasks by state" with these counts and zero for the others.
 fn by_state(counts: &[(&str, usize)]) -> Row {
-    let states = ["scheduled", "available", "running", "completed", "discarded", "cancelled"];
+    let states = ["scheduled", "waiting", "available", "running", "completed", "discarded", "cancelled"];
     let count = |state: &str| counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
     states.iter().map(|s| (s.to_string(), count(s).to_string())).collect()
 }
