@@ -583,6 +583,8 @@ pub async fn steer_tasks(
     }
     let consumer_id = consumer_id(pool, stream, consumer).await?;
     let (statement, to_state) = action.sql();
+    // The states taken, decided here once ($12 of both statements).
+    let states: Vec<&str> = action.takes(filter).iter().map(|s| s.as_str()).collect();
     let mut steered = Steered::default();
     let mut after = 0_i64;
     loop {
@@ -591,7 +593,8 @@ pub async fn steer_tasks(
             bind_filter!(sqlx::query_scalar(statement), consumer_id, filter, after)
                 .bind(BULK_BATCH)
                 .bind(reason)
-                .bind(to_state),
+                .bind(to_state)
+                .bind(&states),
             fetch_all
         )
         .await

@@ -1,5 +1,6 @@
--- Retries by hand up to $9 discarded or cancelled tasks the filter selects
--- (task_filter.sql), in event id order: available again at the end of the
+-- Retries by hand up to $9 of the tasks the filter selects
+-- (task_filter.sql) that are in one of the states $12 (TaskAction::takes:
+-- discarded or cancelled), in event id order: available again at the end of the
 -- queue (state $11, `available`), attempts reset (their error history
 -- kept), logged with reason $10. A keyed task of a consumer ordered by key
 -- waits instead, for the refill to give it its key's next turn (it comes
@@ -7,7 +8,7 @@
 -- A task whose state changed meanwhile is left alone (the update re-checks
 -- it under its row lock). Returns the event ids retried.
 , target AS MATERIALIZED (
-    SELECT event_id FROM matching WHERE state IN ('discarded', 'cancelled') ORDER BY event_id LIMIT $9
+    SELECT event_id FROM matching WHERE state::text = ANY ($12) ORDER BY event_id LIMIT $9
 ),
 retried AS (
     UPDATE sluice.tasks t
@@ -18,7 +19,7 @@ retried AS (
     FROM sluice.consumers c
     WHERE c.id = t.consumer_id
       AND t.consumer_id = $1 AND t.event_id = ANY (ARRAY(SELECT event_id FROM target))
-      AND t.state IN ('discarded', 'cancelled')
+      AND t.state::text = ANY ($12)
     RETURNING t.consumer_id, t.event_id, t.attempt, t.priority
 ),
 logged AS (

@@ -1,23 +1,22 @@
--- Sets aside by hand up to $9 available, scheduled or waiting tasks the
--- filter selects (task_filter.sql), in event id order, with reason $10: to
--- state $11, `cancelled` (they will not run; dead letters too, set aside
--- for good, when the filter names them by state or by event id) or `discarded` (dead letters, as a nack(discard)
--- leaves them: kept for the consumer's dead retention and retriable by
--- hand). A keyed task of a consumer ordered by key lets its key's next task
--- go (the tasks_key_freed trigger notes it for the refill). The task log names the same action. A task whose
--- state changed meanwhile (claimed, say) is left alone: the update
--- re-checks it under its row lock. Returns the event ids set aside.
+-- Sets aside by hand up to $9 of the tasks the filter selects
+-- (task_filter.sql) that are in one of the states $12 (TaskAction::takes:
+-- available, scheduled or waiting, and for a cancel dead letters the filter
+-- names), in event id order, with reason $10: to state $11, `cancelled`
+-- (they will not run, or dead letters set aside for good) or `discarded`
+-- (dead letters, as a nack(discard) leaves them: kept for the consumer's
+-- dead retention and retriable by hand). A keyed task of a consumer ordered
+-- by key lets its key's next task go (the tasks_key_freed trigger notes it
+-- for the refill). The task log names the same action. A task whose state
+-- changed meanwhile (claimed, say) is left alone: the update re-checks it
+-- under its row lock. Returns the event ids set aside.
 , target AS MATERIALIZED (
-    SELECT event_id FROM matching
-    WHERE state IN ('available', 'scheduled', 'waiting')
-       OR (state = 'discarded' AND $11 = 'cancelled' AND ('discarded' = ANY ($3) OR $2 IS NOT NULL))
-    ORDER BY event_id LIMIT $9
+    SELECT event_id FROM matching WHERE state::text = ANY ($12) ORDER BY event_id LIMIT $9
 ),
 set_aside AS (
     UPDATE sluice.tasks t
     SET state = $11::text::sluice.task_state, finished_at = now(), schedule_at = NULL
     WHERE t.consumer_id = $1 AND t.event_id = ANY (ARRAY(SELECT event_id FROM target))
-      AND (t.state IN ('available', 'scheduled', 'waiting') OR (t.state = 'discarded' AND $11 = 'cancelled'))
+      AND t.state::text = ANY ($12)
     RETURNING t.consumer_id, t.event_id, t.attempt, t.priority
 ),
 logged AS (
