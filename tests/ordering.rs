@@ -295,6 +295,10 @@ async fn an_unordered_consumer_of_the_same_stream_does_not_wait_for_the_ordered_
         }
     };
     let c = sub(&db.pool, subscription(), held).await.unwrap();
+    wait_until(WAIT, "the ordered consumer's second task waiting", || async {
+        state_of(&db, ids[1]).await == Some(TaskState::Waiting)
+    })
+    .await;
     let seen: Log = Arc::default();
     let d = support::record_n(&db.pool, Subscription::new("jobs", "d").poll_interval(Duration::from_millis(50)), &seen)
         .await;
