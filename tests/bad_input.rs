@@ -222,7 +222,7 @@ async fn consumer_id(db: &TestDb, consumer: &str) -> i32 {
 /// Materializes the consumer's tasks, as a subscriber's refill does.
 async fn refill(db: &TestDb, consumer: &str) {
     let id = consumer_id(db, consumer).await;
-    sqlx::query("SELECT * FROM sluice.refill($1, 100000)").bind(id).execute(&db.pool).await.expect("refill");
+    support::refill(&db.pool, id, 100000).await.expect("refill");
 }
 
 /// What a claim does: the task is running, held by a worker under a lease.
@@ -772,12 +772,9 @@ async fn a_consumer_the_library_accepts_can_be_refilled() {
             .await
             .unwrap();
             let id = consumer_id(&db, "regions").await;
-            let refilled = sqlx::query_scalar::<_, i32>("SELECT materialized FROM sluice.refill($1, 1000)")
-                .bind(id)
-                .fetch_one(&db.pool)
-                .await;
+            let refilled = support::refill(&db.pool, id, 1000).await;
             match refilled {
-                Ok(materialized) => assert_eq!(materialized, 1, "refill of an accepted consumer"),
+                Ok((materialized, _)) => assert_eq!(materialized, 1, "refill of an accepted consumer"),
                 Err(e) => panic!("refill of a consumer create_consumer accepted: {e}"),
             }
             let tasks: Vec<i64> =

@@ -558,7 +558,7 @@ async fn a_dead_workers_tasks_all_come_back_however_many() {
     setup(&db, fast()).await;
     let consumer: i32 = sqlx::query_scalar("SELECT id FROM sluice.consumers").fetch_one(&db.pool).await.unwrap();
     publish_batch(&db.pool, "jobs", (1..=2_500).map(job)).await.unwrap();
-    sqlx::query("SELECT * FROM sluice.refill($1, 100000)").bind(consumer).execute(&db.pool).await.unwrap();
+    support::refill(&db.pool, consumer, 100000).await.unwrap();
     // A worker that died holding every task, each leased for an hour.
     let dead = uuid::Uuid::new_v4();
     sqlx::query(
@@ -592,7 +592,7 @@ async fn a_task_whose_event_is_gone_is_discarded_with_a_reason() {
     setup(&db, fast().completed_retention(Duration::from_secs(3600))).await;
     let consumer: i32 = sqlx::query_scalar("SELECT id FROM sluice.consumers").fetch_one(&db.pool).await.unwrap();
     let ids = publish_batch(&db.pool, "jobs", (1..=3).map(job)).await.unwrap();
-    sqlx::query("SELECT * FROM sluice.refill($1, 100)").bind(consumer).execute(&db.pool).await.unwrap();
+    support::refill(&db.pool, consumer, 100).await.unwrap();
     sqlx::query("DELETE FROM sluice.events WHERE id = $1").bind(ids[1].0).execute(&db.pool).await.unwrap();
     let handled: Arc<Mutex<Vec<i64>>> = Arc::default();
     let h2 = handled.clone();
@@ -634,7 +634,7 @@ async fn the_completed_task_purge_works_in_bounded_batches() {
     setup(&db, fast().completed_retention(Duration::from_secs(1))).await;
     let consumer: i32 = sqlx::query_scalar("SELECT id FROM sluice.consumers").fetch_one(&db.pool).await.unwrap();
     publish_batch(&db.pool, "jobs", (1..=2_500).map(job)).await.unwrap();
-    sqlx::query("SELECT * FROM sluice.refill($1, 100000)").bind(consumer).execute(&db.pool).await.unwrap();
+    support::refill(&db.pool, consumer, 100000).await.unwrap();
     sqlx::query("UPDATE sluice.tasks SET state = 'completed', finished_at = now() - interval '1 minute'")
         .execute(&db.pool)
         .await
@@ -880,4 +880,56 @@ async fn a_subscriber_waits_out_a_consumer_row_held_by_an_open_transaction() {
     wait_until(WAIT, "every event is handled once the row is free", || async { calls.load(Ordering::SeqCst) == 21 })
         .await;
     handle.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A claim whose answer never reached the worker (the fetch timed out or
+/// lost its connection after the claim committed): the task runs under the
+/// live worker's name without the worker knowing. Its heartbeat hands it
+/// back once the lease has passed, with the attempt given back, since no
+/// handler started: with `max_attempts` 1 it still runs once, and is no
+/// dead letter.
+#[tokio::test]
+async fn a_claim_whose_answer_was_lost_comes_back_with_its_attempt() {
+    let db = TestDb::new().await;
+    setup(&db, fast().max_attempts(1)).await;
+    sluice::pause_consumer(&db.pool, "jobs", "c").await.unwrap();
+    let id = publish(&db.pool, "jobs", job(1)).await.unwrap();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let h = {
+        let attempts = attempts.clone();
+        sub(&db.pool, subscription().heartbeat(Duration::from_millis(200)), move |msg: Message<Value>| {
+            let attempts = attempts.clone();
+            async move {
+                attempts.lock().unwrap().push(msg.attempt());
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap()
+    };
+    // The paused consumer's refill makes the task; then a claim in the
+    // worker's name whose answer is lost: the worker holds no such token.
+    wait_until(WAIT, "the task made", || async { task_states(&db.pool, "c").await.len() == 1 }).await;
+    sqlx::query(
+        "UPDATE sluice.tasks SET state = 'running', attempt = attempt + 1, worker_id = $1,
+                lease_until = now() - interval '1 minute', lease_token = nextval('sluice.lease_token')
+         WHERE event_id = $2",
+    )
+    .bind(h.worker_id().0)
+    .bind(id.0)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sluice::resume_consumer(&db.pool, "jobs", "c").await.unwrap();
+    wait_until(WAIT, "the task handled", || async { !attempts.lock().unwrap().is_empty() }).await;
+    wait_until(WAIT, "the task acked", || async { task_states(&db.pool, "c").await.is_empty() }).await;
+    h.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(*attempts.lock().unwrap(), vec![1], "the lost claim's attempt was given back");
+    let log: Vec<(String, i32)> =
+        sqlx::query_as("SELECT action::text, attempt FROM sluice.task_log WHERE event_id = $1 ORDER BY id")
+            .bind(id.0)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(log, vec![("released".to_string(), 0)], "logged as handed back, its attempt given back");
 }

@@ -11,16 +11,14 @@ use sqlx::PgPool;
 use support::{sluice_tables as tables, TestDb, SLUICE_TABLES as TABLES};
 
 const TYPES: [&str; 3] = ["task_action", "task_state", "worker_status"];
-const FUNCTIONS: [&str; 13] = [
+const FUNCTIONS: [&str; 11] = [
     "ack_v1",
     "copy_table_access",
     "delete_consumer_tasks",
-    "fetch",
     "fetch_v2",
     "maintain_event_partitions",
     "note_freed_key",
     "patterns_regex",
-    "refill",
     "task_event_txid",
     "valid_name",
     "valid_patterns",
@@ -565,4 +563,40 @@ async fn the_worker_rates_migrations_extend_column_grants_on_the_heartbeat() {
     sqlx::query(&format!("DROP OWNED BY \"{role}\"")).execute(&db.pool).await.unwrap();
     sqlx::query(&format!("DROP ROLE \"{role}\"")).execute(&db.pool).await.unwrap();
     assert_eq!(may, (true, true, true, true));
+}
+
+/// The v1 claim functions (`sluice.fetch`, `sluice.refill`) bypassed FIFO
+/// per key, a replay's start and the lease tokens: migration 13 drops them,
+/// and reverting it brings back only stand-ins that refuse to run (so that
+/// 0001's down still finds what it drops).
+#[tokio::test]
+async fn the_v1_claim_functions_are_gone_and_reverting_does_not_bring_them_back() {
+    let db = TestDb::new().await;
+    let v1 = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = 'sluice' AND p.proname IN ('fetch', 'refill') ORDER BY 1",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    assert!(v1().await.is_empty(), "the v1 functions are still installed: {:?}", v1().await);
+
+    while sqlx::query_scalar::<_, i64>("SELECT max(version) FROM sluice._migrations").fetch_one(&db.pool).await.unwrap()
+        >= 13
+    {
+        sluice::migrate_down(&db.pool, sluice::Steps::One).await.unwrap();
+    }
+    assert_eq!(v1().await, ["fetch", "refill"], "stand-ins for 0001's down");
+    for call in ["SELECT sluice.refill(1, 10)", "SELECT sluice.fetch(1, NULL, NULL, 1, 10, true)"] {
+        let err = sqlx::query(call).execute(&db.pool).await.unwrap_err();
+        let db_err = err.as_database_error().expect("a database error");
+        assert_eq!(db_err.code().as_deref(), Some("0A000"), "{call}: {err}");
+        assert!(db_err.message().contains("removed by migration 13"), "{call}: {err}");
+    }
+    // All the way down and up again.
+    sluice::migrate_down(&db.pool, sluice::Steps::All).await.unwrap();
+    sluice::migrate(&db.pool).await.unwrap();
+    assert!(v1().await.is_empty());
 }

@@ -238,7 +238,12 @@ async fn an_open_transactional_ack_holds_up_only_its_own_key() {
     publish(&db.pool, "jobs", event(20, None)).await.unwrap();
     wait_until(WAIT, "key b and the keyless event handled", || async { seen.lock().unwrap().len() == 7 }).await;
     assert!(!seen.lock().unwrap().contains(&2), "key a waits for the open transaction");
-    assert!(get_task(&db.pool, "jobs", "c", others[4]).await.is_err(), "key b's last one acked (deleted)");
+    // (Its handler has run; its implicit ack is flushed a moment later.)
+    wait_until(WAIT, "key b's last one acked (deleted)", || async {
+        get_task(&db.pool, "jobs", "c", others[4]).await.is_err()
+    })
+    .await;
+    assert!(!seen.lock().unwrap().contains(&2), "key a waits for the open transaction");
     commit.add_permits(1);
     wait_until(WAIT, "key a's next one handled", || async { seen.lock().unwrap().contains(&2) }).await;
     h.shutdown(Duration::from_secs(5)).await;
@@ -309,4 +314,191 @@ async fn an_unordered_consumer_of_the_same_stream_does_not_wait_for_the_ordered_
         .await;
     c.shutdown(Duration::from_secs(5)).await;
     d.shutdown(Duration::from_secs(5)).await;
+}
+
+/// How a consumer meets the events of an outbox-style publish.
+#[derive(Debug, Clone, Copy)]
+enum Meets {
+    /// Its subscriber runs while they are published.
+    Live,
+    /// It is paused while they are published and refilled, then resumed.
+    Paused,
+    /// Its subscriber starts after they are all published and reads the
+    /// window one event per refill (a backlog larger than a chunk).
+    Lagging,
+}
+
+/// The outbox pattern (docs/RELIABILITY.md): a business transaction writes
+/// its own row first, then publishes at its end. Meanwhile another event of
+/// the same key is published and committed. The business transaction has the
+/// smaller transaction id but publishes later, so its event has the larger
+/// id: the key runs in event id order, the order of publishing, whether the
+/// consumer is live, paused or lagging.
+#[tokio::test]
+async fn a_key_runs_in_publishing_order_under_the_outbox_pattern() {
+    for meets in [Meets::Live, Meets::Paused, Meets::Lagging] {
+        let db = TestDb::new().await;
+        setup(&db, ConsumerOptions::default().ordered_by_key()).await;
+        sqlx::query("CREATE TABLE business (id bigint)").execute(&db.pool).await.unwrap();
+        let seen: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+        let handler = {
+            let seen = seen.clone();
+            move |msg: Message<Value>| {
+                let seen = seen.clone();
+                async move {
+                    let key = msg.key().unwrap_or_default().to_string();
+                    seen.lock().unwrap().push((key, msg.payload()["n"].as_i64().unwrap()));
+                    Ok::<_, HandlerError>(())
+                }
+            }
+        };
+        let subscription = match meets {
+            Meets::Lagging => subscription().refill_chunk(1),
+            _ => subscription(),
+        };
+        let mut h = match meets {
+            Meets::Live | Meets::Paused => Some(sub(&db.pool, subscription.clone(), handler.clone()).await.unwrap()),
+            Meets::Lagging => None,
+        };
+        if let Meets::Paused = meets {
+            pause_consumer(&db.pool, "jobs", "c").await.unwrap();
+        }
+        let keys = ["k1", "k2", "k3", "k4"];
+        for key in keys {
+            let mut business = db.pool.begin().await.unwrap();
+            sqlx::query("INSERT INTO business VALUES (1)").execute(&mut *business).await.unwrap();
+            publish(&db.pool, "jobs", event(1, Some(key))).await.unwrap();
+            if let Meets::Live = meets {
+                // The live subscriber takes the first event before the second exists.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            publish(&mut *business, "jobs", event(2, Some(key))).await.unwrap();
+            business.commit().await.unwrap();
+        }
+        match meets {
+            Meets::Paused => {
+                wait_until(WAIT, "every event made a task", || async {
+                    support::task_states(&db.pool, "c").await.iter().map(|(_, n)| n).sum::<i64>() == 8
+                })
+                .await;
+                sluice::resume_consumer(&db.pool, "jobs", "c").await.unwrap();
+            }
+            Meets::Lagging => h = Some(sub(&db.pool, subscription, handler).await.unwrap()),
+            Meets::Live => {}
+        }
+        wait_until(WAIT, "every event handled", || async { seen.lock().unwrap().len() == 8 }).await;
+        h.unwrap().shutdown(Duration::from_secs(5)).await;
+        let seen = seen.lock().unwrap().clone();
+        for key in keys {
+            let order: Vec<i64> = seen.iter().filter(|(k, _)| k == key).map(|(_, n)| *n).collect();
+            assert_eq!(order, vec![1, 2], "{meets:?}: key {key} out of publishing order: {seen:?}");
+        }
+    }
+}
+
+/// A dead letter of the time before ordering was turned on has no key on
+/// its task; retried after `set-order --ordered`, it takes its key from its
+/// event and waits for the key's running task instead of running beside it.
+#[tokio::test]
+async fn a_dead_letter_retried_after_ordering_is_turned_on_waits_its_turn() {
+    let db = TestDb::new().await;
+    setup(&db, ConsumerOptions::default().max_attempts(1)).await;
+    let first = publish(&db.pool, "jobs", event(1, Some("k"))).await.unwrap();
+    let fail = |_msg: Message<Value>| async { Err::<(), _>(HandlerError::new("broken")) };
+    let h = sub(&db.pool, subscription(), fail).await.unwrap();
+    wait_until(WAIT, "a dead letter", || async { state_of(&db, first).await == Some(TaskState::Discarded) }).await;
+    h.shutdown(Duration::from_secs(5)).await;
+
+    pause_consumer(&db.pool, "jobs", "c").await.unwrap();
+    let existing = get_consumer(&db.pool, "jobs", "c").await.unwrap();
+    update_consumer(&db.pool, "jobs", "c", ConsumerOptions::from(&existing).ordered_by_key()).await.unwrap();
+    sluice::resume_consumer(&db.pool, "jobs", "c").await.unwrap();
+
+    // The key's next event runs and is held there; the old dead letter is retried meanwhile.
+    let gate = Arc::new(Semaphore::new(0));
+    let running = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let overlap = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let (gate, running, overlap) = (gate.clone(), running.clone(), overlap.clone());
+        move |msg: Message<Value>| {
+            let (gate, running, overlap) = (gate.clone(), running.clone(), overlap.clone());
+            async move {
+                let n = msg.payload()["n"].as_i64().unwrap();
+                {
+                    let mut running = running.lock().unwrap();
+                    if !running.is_empty() {
+                        overlap.store(true, Ordering::SeqCst);
+                    }
+                    running.push(n);
+                }
+                if n == 2 {
+                    gate.acquire().await.unwrap().forget();
+                }
+                running.lock().unwrap().retain(|m| *m != n);
+                Ok::<_, HandlerError>(())
+            }
+        }
+    };
+    let second = publish(&db.pool, "jobs", event(2, Some("k"))).await.unwrap();
+    let h = sub(&db.pool, subscription(), handler).await.unwrap();
+    wait_until(WAIT, "the key's next task running", || async {
+        state_of(&db, second).await == Some(TaskState::Running)
+    })
+    .await;
+    retry_task(&db.pool, "jobs", "c", first, Some("fixed")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(state_of(&db, first).await, Some(TaskState::Waiting), "the retried task waits for its key");
+    assert!(!overlap.load(Ordering::SeqCst), "two tasks of one key ran at once");
+    gate.add_permits(1);
+    wait_until(WAIT, "the retried task handled", || async { state_of(&db, first).await.is_none() }).await;
+    h.shutdown(Duration::from_secs(5)).await;
+    assert!(!overlap.load(Ordering::SeqCst), "two tasks of one key ran at once");
+}
+
+/// Turning the ordering on and off while an operator retries, cancels and
+/// dead-letters the consumer's keyed tasks: one lock order (the consumer's
+/// row before its tasks), so each either goes first or is refused, and no
+/// deadlock (40P01) is ever reported.
+#[tokio::test]
+async fn changing_the_ordering_never_deadlocks_with_hand_steering() {
+    let db = TestDb::new().await;
+    setup(&db, ConsumerOptions::default().ordered_by_key().max_attempts(1)).await;
+    publish_batch(&db.pool, "jobs", (0..40).map(|n| event(n, Some(&format!("k{}", n % 8))))).await.unwrap();
+    let fail = |_msg: Message<Value>| async { Err::<(), _>(HandlerError::new("broken")) };
+    let h = sub(&db.pool, subscription(), fail).await.unwrap();
+    wait_until(WAIT, "every task a dead letter", || async {
+        support::task_states(&db.pool, "c").await == vec![("discarded".to_string(), 40)]
+    })
+    .await;
+    h.shutdown(Duration::from_secs(5)).await;
+    pause_consumer(&db.pool, "jobs", "c").await.unwrap();
+
+    let all = sluice::TaskFilter::default();
+    let dead = sluice::TaskFilter::default().state(TaskState::Discarded);
+    for round in 0..60 {
+        let existing = get_consumer(&db.pool, "jobs", "c").await.unwrap();
+        let flipped = if existing.ordered_by_key {
+            ConsumerOptions::from(&existing).unordered()
+        } else {
+            ConsumerOptions::from(&existing).ordered_by_key()
+        };
+        let steer = async {
+            match round % 3 {
+                0 => sluice::retry_tasks(&db.pool, "jobs", "c", &all, None).await.map(|_| ()),
+                1 => sluice::cancel_tasks(&db.pool, "jobs", "c", &dead, None).await.map(|_| ()),
+                _ => sluice::discard_tasks(&db.pool, "jobs", "c", &all, None).await.map(|_| ()),
+            }
+        };
+        let (changed, steered) = tokio::join!(update_consumer(&db.pool, "jobs", "c", flipped), steer);
+        for result in [changed.map(|_| ()), steered] {
+            if let Err(e) = result {
+                assert!(matches!(e, Error::OrderingInUse { .. }), "round {round}: {e}");
+            }
+        }
+        // Back to dead letters for the next round.
+        if round % 3 == 1 {
+            sluice::retry_tasks(&db.pool, "jobs", "c", &all, None).await.unwrap();
+        }
+        sluice::discard_tasks(&db.pool, "jobs", "c", &all, None).await.unwrap();
+    }
 }

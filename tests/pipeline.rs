@@ -584,9 +584,7 @@ async fn a_backlog_is_materialized_in_bounded_chunks() {
         sqlx::query_scalar("SELECT id FROM sluice.consumers WHERE name = 'c'").fetch_one(&db.direct).await.unwrap();
     let mut chunks = Vec::new();
     loop {
-        let (materialized, more, busy): (i32, bool, bool) =
-            sqlx::query_as("SELECT * FROM sluice.refill($1, 300)").bind(consumer).fetch_one(&db.direct).await.unwrap();
-        assert!(!busy);
+        let (materialized, more) = support::refill(&db.direct, consumer, 300).await.unwrap();
         let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice.tasks").fetch_one(&db.direct).await.unwrap();
         chunks.push((materialized, tasks));
         if !more {

@@ -532,7 +532,7 @@ async fn the_publisher_can_publish_and_nothing_else() {
     create_consumer(&db.pool, "orders", "billing", ConsumerOptions::default().start(Start::Beginning)).await.unwrap();
     let admin_ids = publish_batch(&db.pool, "orders", [event("orders.eu.created", 0)]).await.unwrap();
     let billing = consumer_id(&db.pool, "orders", "billing").await;
-    sqlx::query("SELECT * FROM sluice.refill($1, 100)").bind(billing).execute(&db.pool).await.unwrap();
+    support::refill(&db.pool, billing, 100).await.unwrap();
 
     let publisher = roles.connect("orders_api").await;
 
@@ -586,7 +586,7 @@ async fn the_publisher_can_publish_and_nothing_else() {
         "SELECT * FROM sluice.consumers",
         "SELECT * FROM sluice.task_log",
         "SELECT * FROM sluice.workers",
-        "SELECT * FROM sluice.refill(1, 10)",
+        "SELECT * FROM sluice.fetch_v2(1, NULL, NULL, 0, 10, true, 0)",
         "UPDATE sluice.events SET subject = 'x'",
         "DELETE FROM sluice.events",
         "TRUNCATE sluice.events",
@@ -769,7 +769,7 @@ async fn row_level_security_confines_a_worker_to_its_consumer() {
     let orders = publish_batch(&publisher, "orders", (0..6).map(|n| event("orders.eu.created", n))).await.unwrap();
     publish_batch(&publisher, "payroll", (0..3).map(|n| event("payroll.run", n))).await.unwrap();
     for other in [shipping, payroll] {
-        sqlx::query("SELECT * FROM sluice.refill($1, 100)").bind(other).execute(&db.pool).await.unwrap();
+        support::refill(&db.pool, other, 100).await.unwrap();
     }
     let first_shipping: i64 = sqlx::query_scalar("SELECT min(event_id) FROM sluice.tasks WHERE consumer_id = $1")
         .bind(shipping)
@@ -787,11 +787,7 @@ async fn row_level_security_confines_a_worker_to_its_consumer() {
     assert_eq!(untouched[1].1.len(), 3);
 
     let worker = roles.connect("billing_worker").await;
-    let (materialized,): (i32,) = sqlx::query_as("SELECT materialized FROM sluice.refill($1, 100)")
-        .bind(billing)
-        .fetch_one(&worker)
-        .await
-        .unwrap();
+    let (materialized, _) = support::refill(&worker, billing, 100).await.unwrap();
     assert_eq!(materialized, 6, "the worker refills its own consumer");
 
     // It sees its consumer, its tasks and its stream's events, nothing else.
@@ -858,7 +854,7 @@ async fn row_level_security_confines_a_worker_to_its_consumer() {
             other => panic!("{insert}: expected a row-level security refusal, got {other:?}"),
         }
     }
-    match sqlx::query("SELECT * FROM sluice.refill($1, 100)").bind(shipping).execute(&worker).await {
+    match support::refill(&worker, shipping, 100).await {
         Err(e) if sqlstate(&e).as_deref() == Some("P0002") => {
             assert!(e.to_string().contains("does not exist"), "{e}");
         }

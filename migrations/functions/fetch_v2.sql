@@ -1,4 +1,4 @@
--- revision: 8
+-- revision: 9
 -- requires: 12
 --
 -- sluice.fetch_v2: the subscriber's one round trip. Moves consumer
@@ -50,11 +50,23 @@
 -- refill move on: each one's first waiting task (by event id) becomes
 -- available (scheduled when its event's deliver_at is still ahead) unless the
 -- key still has a task available, running or scheduled (or, holding keys on
--- dead letters, discarded). Then each new task of a key that has a pending
--- task, or an earlier one in the same chunk, is inserted waiting: never
--- leased nor claimed until its turn. Keyless events are not held back. For
--- other consumers these steps fold away: the statements are planned with the
+-- dead letters, discarded). Then each new task of a key waits when the key
+-- has a pending task (available, running, scheduled, or waiting with a
+-- smaller event id) or an earlier one in the same chunk: never leased nor
+-- claimed until its turn. Keyless events are not held back. For other
+-- consumers these steps fold away: the statements are planned with the
 -- consumer's settings as constants (force_custom_plan below).
+--
+-- A key's order is event id order (the order of publishing: an event
+-- published after another's commit has the larger id), not the window's
+-- (txid, id) order: a transaction that wrote something first and publishes
+-- at its end (the outbox pattern) has the smaller transaction id but the
+-- later event. Within a chunk the key's first task by id goes first. Across
+-- the chunks of one window (a backlog larger than p_chunk), a key whose
+-- events are not all read yet (migration 0013's index on (stream, key,
+-- txid, id) tells at once) waits with a note, and moves on once the window
+-- has read them: one of them may have a smaller id. A later window cannot
+-- hold a smaller id of an event published after another's commit.
 --
 -- Rows: first one status row (materialized, more, busy (always false
 -- now); the task columns null), then one row per claimed task (the status columns null). more: the
@@ -154,16 +166,40 @@ BEGIN
         IF c.ordered_by_key THEN
             -- Keys whose head finished: their next task's turn. Notes of
             -- transactions not yet committed are not seen, and wait for
-            -- the next refill.
-            WITH freed AS (
-                DELETE FROM sluice.freed_keys f WHERE f.consumer_id = c.id RETURNING f.key
+            -- the next refill. While a window is being read in chunks, a
+            -- key with events still unread in it keeps its note and waits:
+            -- one of those may have a smaller event id than its waiting
+            -- tasks (an outbox transaction: an early transaction id, a late
+            -- publish), and a key runs in event id order.
+            v_lo := least(greatest(pg_snapshot_xmax(c.position), v_wtxid), (SELECT min(x) FROM unnest(v_xip) AS x));
+            WITH noted AS MATERIALIZED (
+                SELECT k.key,
+                       -- (constant false outside a window: folded away)
+                       c.window_end IS NOT NULL AND EXISTS (
+                           SELECT 1 FROM sluice.events r
+                           WHERE r.stream_id = c.stream_id AND r.key = k.key
+                             AND r.txid >= v_lo AND r.txid < pg_snapshot_xmax(c.window_end)
+                             AND (r.txid, r.id) > (v_wtxid, v_wid)
+                             AND (r.txid = ANY (v_xip) OR r.txid >= pg_snapshot_xmax(c.position))
+                             AND pg_visible_in_snapshot(r.txid, c.window_end)
+                             AND r.subject ~ c.include_regex
+                             AND (c.exclude_regex IS NULL OR r.subject !~ c.exclude_regex)
+                             AND (c.start_from IS NULL OR r.created_at >= c.start_from)
+                             AND (c.start_event IS NULL OR r.id >= c.start_event)) AS unread
+                FROM (SELECT DISTINCT f.key FROM sluice.freed_keys f WHERE f.consumer_id = c.id) AS k
+            ),
+            freed AS (
+                -- Only the notes this statement saw (its snapshot): one
+                -- committed meanwhile is left for the next refill.
+                DELETE FROM sluice.freed_keys f
+                WHERE f.consumer_id = c.id AND f.key IN (SELECT n.key FROM noted n WHERE NOT n.unread)
             ),
             next AS MATERIALIZED (
                 -- Per key, by index (LATERAL, OFFSET 0): whatever the
                 -- estimates, never a join of every waiting task (that plan,
                 -- chosen on a tasks table without statistics, took seconds).
                 SELECT n.event_id
-                FROM (SELECT DISTINCT fr.key FROM freed fr) AS k
+                FROM (SELECT nk.key FROM noted nk WHERE NOT nk.unread) AS k
                 CROSS JOIN LATERAL (
                     SELECT w.event_id FROM sluice.tasks w
                     WHERE w.consumer_id = c.id AND w.key = k.key AND w.state = 'waiting'
@@ -277,6 +313,72 @@ BEGIN
                 ORDER BY u.txid, u.id
                 LIMIT v_scan
             ),
+            last AS (
+                SELECT w.txid, w.id FROM win w ORDER BY w.txid DESC, w.id DESC LIMIT 1
+            ),
+            marked AS (
+                -- The best v_want of the chunk (within the byte budget)
+                -- go to the caller at once, as the claim would have
+                -- picked them; the rest queue up.
+                SELECT w.id, w.txid, w.priority, w.deliver_at, w.key, w.wait_for,
+                       CASE WHEN w.waits THEN 'waiting'
+                            WHEN w.deliver_at > now() THEN 'scheduled'
+                            WHEN v_hungry
+                                 AND row_number() OVER best <= v_want
+                                 AND v_bytes + sum(w.size) OVER best - w.size < p_max_bytes THEN 'running'
+                            ELSE 'available' END::sluice.task_state AS state
+                FROM (
+                    SELECT mk.*, mk.wait_for IS NOT NULL AS waits
+                    FROM (
+                        -- Ordered by key: what the task waits for, if
+                        -- anything: an earlier task of its key (by event id,
+                        -- the order of publishing, whatever the transaction
+                        -- ids) in this chunk or pending, or events of its key
+                        -- not read yet in this window, one of which may come
+                        -- before it ('unread'). Each test by its own index,
+                        -- in this order (CASE): the last ones only for the
+                        -- first task of an idle key.
+                        SELECT mw.*,
+                               CASE WHEN NOT c.ordered_by_key OR mw.key IS NULL THEN NULL
+                                    WHEN row_number() OVER (PARTITION BY CASE WHEN c.ordered_by_key THEN mw.key END
+                                                            ORDER BY mw.id) > 1 THEN 'earlier'
+                                    WHEN EXISTS (
+                                        SELECT 1 FROM sluice.tasks b
+                                        WHERE b.consumer_id = c.id AND b.key = mw.key
+                                          AND b.state IN ('available', 'running', 'scheduled', 'discarded')
+                                          AND (b.state <> 'discarded' OR c.hold_key_on_dead_letter)) THEN 'earlier'
+                                    WHEN EXISTS (
+                                        SELECT 1 FROM sluice.tasks b
+                                        WHERE b.consumer_id = c.id AND b.key = mw.key
+                                          AND b.state = 'waiting' AND b.event_id < mw.id) THEN 'earlier'
+                                    WHEN EXISTS (
+                                        SELECT 1 FROM sluice.events r, last l
+                                        WHERE r.stream_id = c.stream_id AND r.key = mw.key
+                                          AND r.txid >= v_lo AND r.txid < pg_snapshot_xmax(v_end)
+                                          AND (r.txid, r.id) > (l.txid, l.id)
+                                          AND (r.txid = ANY (v_xip) OR r.txid >= pg_snapshot_xmax(c.position))
+                                          AND pg_visible_in_snapshot(r.txid, v_end)
+                                          AND r.subject ~ c.include_regex
+                                          AND (c.exclude_regex IS NULL OR r.subject !~ c.exclude_regex)
+                                          AND (c.start_from IS NULL OR r.created_at >= c.start_from)
+                                          AND (c.start_event IS NULL OR r.id >= c.start_event)) THEN 'unread'
+                               END AS wait_for
+                        FROM win mw
+                        WHERE mw.subject ~ c.include_regex
+                          AND (c.exclude_regex IS NULL OR mw.subject !~ c.exclude_regex)
+                          AND (c.start_from IS NULL OR mw.created_at >= c.start_from)
+                          AND (c.start_event IS NULL OR mw.id >= c.start_event)
+                    ) AS mk
+                ) AS w
+                WINDOW best AS (PARTITION BY coalesce(w.deliver_at > now(), false) OR w.waits
+                                ORDER BY w.priority DESC, w.id ROWS UNBOUNDED PRECEDING)
+            ),
+            -- A key held back for its unread events gets a note: the refill
+            -- gives it its turn once they are read (or no longer match).
+            held_back AS (
+                INSERT INTO sluice.freed_keys (consumer_id, key)
+                SELECT DISTINCT c.id, m.key FROM marked m WHERE m.wait_for = 'unread'
+            ),
             ins AS (
                 INSERT INTO sluice.tasks AS t (consumer_id, event_id, event_txid, state, priority, schedule_at,
                                                position, attempt, worker_id, lease_until, lease_token, key)
@@ -289,44 +391,7 @@ BEGIN
                        CASE WHEN m.state = 'running' THEN now() + p_lease END,
                        nextval('sluice.lease_token'),
                        CASE WHEN c.ordered_by_key THEN m.key END
-                FROM (
-                    -- The best v_want of the chunk (within the byte budget)
-                    -- go to the caller at once, as the claim would have
-                    -- picked them; the rest queue up.
-                    SELECT w.id, w.txid, w.priority, w.deliver_at, w.key,
-                           CASE WHEN w.waits THEN 'waiting'
-                                WHEN w.deliver_at > now() THEN 'scheduled'
-                                WHEN v_hungry
-                                     AND row_number() OVER best <= v_want
-                                     AND v_bytes + sum(w.size) OVER best - w.size < p_max_bytes THEN 'running'
-                                ELSE 'available' END::sluice.task_state AS state
-                    FROM (
-                        -- Ordered by key: whether the task waits for an
-                        -- earlier one of its key, pending or in this chunk.
-                        SELECT mw.*,
-                               coalesce(c.ordered_by_key AND mw.key IS NOT NULL
-                                        AND (row_number() OVER (PARTITION BY CASE WHEN c.ordered_by_key THEN mw.key END
-                                                                ORDER BY mw.txid, mw.id) > 1
-                                             -- (each test by its own index, as above)
-                                             OR EXISTS (
-                                                 SELECT 1 FROM sluice.tasks b
-                                                 WHERE b.consumer_id = c.id AND b.key = mw.key
-                                                   AND b.state IN ('available', 'running', 'scheduled', 'discarded')
-                                                   AND (b.state <> 'discarded' OR c.hold_key_on_dead_letter))
-                                             OR EXISTS (
-                                                 SELECT 1 FROM sluice.tasks b
-                                                 WHERE b.consumer_id = c.id AND b.key = mw.key
-                                                   AND b.state = 'waiting')),
-                                        false) AS waits
-                        FROM win mw
-                        WHERE mw.subject ~ c.include_regex
-                          AND (c.exclude_regex IS NULL OR mw.subject !~ c.exclude_regex)
-                          AND (c.start_from IS NULL OR mw.created_at >= c.start_from)
-                          AND (c.start_event IS NULL OR mw.id >= c.start_event)
-                    ) AS w
-                    WINDOW best AS (PARTITION BY coalesce(w.deliver_at > now(), false) OR w.waits
-                                    ORDER BY w.priority DESC, w.id ROWS UNBOUNDED PRECEDING)
-                ) AS m
+                FROM marked AS m
                 -- A replay (reset_position) brings completed tasks back as new
                 -- ones; pending, dead and cancelled tasks stay as they are.
                 ON CONFLICT (consumer_id, event_id) DO UPDATE
@@ -361,9 +426,6 @@ BEGIN
                     OFFSET 0
                 ) AS e
                 WHERE i.state = 'running'
-            ),
-            last AS (
-                SELECT w.txid, w.id FROM win w ORDER BY w.txid DESC, w.id DESC LIMIT 1
             )
             SELECT (SELECT count(*) FROM win), i.inserted, i.queued, last.txid, last.id, lt.tasks, lt.bytes
             INTO v_scanned, v_inserted, v_pass_queued, v_txid, v_id, v_pass_leased, v_pass_bytes

@@ -329,3 +329,20 @@ pub async fn sluice_binary() -> &'static std::path::PathBuf {
         })
         .await
 }
+
+/// One refill of consumer `consumer` (its id) by `sluice.fetch_v2`, the
+/// function the subscriber calls, claiming nothing: at most `chunk` events
+/// of its window become tasks. Returns (materialized, more).
+pub async fn refill<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    consumer: i32,
+    chunk: i32,
+) -> Result<(i32, bool), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT materialized, more FROM sluice.fetch_v2($1, NULL, NULL, 0, $2, true, 0) WHERE materialized IS NOT NULL",
+    )
+    .bind(consumer)
+    .bind(chunk)
+    .fetch_one(executor)
+    .await
+}

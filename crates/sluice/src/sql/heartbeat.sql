@@ -6,10 +6,16 @@
 -- A task running under this worker's name but not among those it holds was
 -- claimed by a fetch whose answer never reached the worker (a timeout, a
 -- broken connection), or its ack or failure could not be written: it goes
--- back to the queue, its attempt counted. Only once its lease ended more
--- than $5 ms ago (the longest a call of the worker may take): a fetch still
--- on its way, or this statement waiting for a connection, must not make a
--- task just claimed look abandoned.
+-- back to the queue with its attempt given back, and is never a dead letter
+-- for it. Only once its lease ended more than $5 ms ago (the longest a call
+-- of the worker may take): a fetch still on its way, or this statement
+-- waiting for a connection, must not make a task just claimed look
+-- abandoned. Giving the attempt back is right for the lost answer (no
+-- handler started: with max_attempts 1 such a task would otherwise be a
+-- dead letter that never ran) and for an ack that could not be written (the
+-- handler succeeded; its success is no failed attempt). Only a failure the
+-- executor could not record after its retries loses its count, and runs
+-- again as the same attempt.
 --
 -- $6 and $7: the tasks the worker completed and the attempts that failed in
 -- the last minute (rates.rs), for `sluice stats`. $8 and $9: those since its
@@ -47,20 +53,16 @@ stray AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 ),
 returned AS (
-    -- As the rescuer frees a lost lease: on the last attempt, discarded.
     UPDATE sluice.tasks t
-    SET state = CASE WHEN t.attempt >= c.max_attempts THEN 'discarded' ELSE 'available' END::sluice.task_state,
-        finished_at = CASE WHEN t.attempt >= c.max_attempts THEN now() END,
-        lease_until = NULL, worker_id = NULL
-    FROM stray s, sluice.consumers c
-    WHERE t.consumer_id = s.consumer_id AND t.event_id = s.event_id AND c.id = t.consumer_id
-    RETURNING t.consumer_id, t.event_id, t.attempt, t.priority, t.state
+    SET state = 'available', attempt = greatest(t.attempt - 1, 0), lease_until = NULL, worker_id = NULL
+    FROM stray s
+    WHERE t.consumer_id = s.consumer_id AND t.event_id = s.event_id
+    RETURNING t.consumer_id, t.event_id, t.attempt, t.priority
 ),
 logged AS (
     INSERT INTO sluice.task_log (consumer_id, event_id, attempt, action, reason, priority, worker_id)
-    SELECT consumer_id, event_id, attempt,
-           CASE WHEN state = 'discarded' THEN 'discarded' ELSE 'released' END::sluice.task_action,
-           'no longer held by its worker', priority, $1
+    SELECT consumer_id, event_id, attempt, 'released', 'no longer held by its worker (attempt given back)',
+           priority, $1
     FROM returned
 )
 SELECT (SELECT count(*) FROM beat) AS registered, (SELECT count(*) FROM returned) AS returned

@@ -8,9 +8,15 @@
 -- by key lets its key's next task go (the tasks_key_freed trigger notes it
 -- for the refill). The task log names the same action. A task whose state
 -- changed meanwhile (claimed, say) is left alone: the update re-checks it
--- under its row lock. Returns the event ids set aside.
-, target AS MATERIALIZED (
-    SELECT event_id FROM matching WHERE state::text = ANY ($12) ORDER BY event_id LIMIT $9
+-- under its row lock. Returns the event ids set aside. The consumer's row
+-- is locked (KEY SHARE) before any task, as in task_retry.sql.
+, consumer AS MATERIALIZED (
+    SELECT c.id FROM sluice.consumers c WHERE c.id = $1 FOR KEY SHARE
+),
+target AS MATERIALIZED (
+    SELECT event_id FROM matching
+    WHERE state::text = ANY ($12) AND EXISTS (SELECT 1 FROM consumer)
+    ORDER BY event_id LIMIT $9
 ),
 set_aside AS (
     UPDATE sluice.tasks t
