@@ -502,3 +502,46 @@ async fn changing_the_ordering_never_deadlocks_with_hand_steering() {
         sluice::discard_tasks(&db.pool, "jobs", "c", &all, None).await.unwrap();
     }
 }
+
+/// The same with housekeeping purging keyed dead letters past their
+/// retention (`sluice cleanup`, or any subscriber's maintenance): the purge
+/// skips a consumer whose ordering is being changed instead of deadlocking.
+#[tokio::test]
+async fn changing_the_ordering_never_deadlocks_with_the_dead_letter_purge() {
+    let db = TestDb::new().await;
+    setup(&db, ConsumerOptions::default().ordered_by_key().dead_retention(Duration::from_secs(1))).await;
+    publish_batch(&db.pool, "jobs", (0..40).map(|n| event(n, Some(&format!("k{}", n % 8))))).await.unwrap();
+    pause_consumer(&db.pool, "jobs", "c").await.unwrap();
+    let consumer: i32 = sqlx::query_scalar("SELECT id FROM sluice.consumers").fetch_one(&db.pool).await.unwrap();
+    for round in 0..60 {
+        // Keyed dead letters past their retention, as a failing handler
+        // leaves them (written directly: 60 rounds of real failures would
+        // take minutes).
+        sqlx::query(
+            "INSERT INTO sluice.tasks (consumer_id, event_id, event_txid, state, priority, position, attempt,
+                                       lease_token, key, finished_at)
+             SELECT $1, e.id, e.txid, 'discarded', 1, e.id, 1, nextval('sluice.lease_token'), e.key,
+                    now() - interval '1 hour'
+             FROM sluice.events e
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(consumer)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let existing = get_consumer(&db.pool, "jobs", "c").await.unwrap();
+        let flipped = if existing.ordered_by_key {
+            ConsumerOptions::from(&existing).unordered()
+        } else {
+            ConsumerOptions::from(&existing).ordered_by_key()
+        };
+        let (changed, cleaned) =
+            tokio::join!(update_consumer(&db.pool, "jobs", "c", flipped), sluice::cleanup(&db.pool, false));
+        if let Err(e) = changed {
+            panic!("round {round}: changing the ordering: {e}");
+        }
+        if let Err(e) = cleaned {
+            panic!("round {round}: cleanup: {e}");
+        }
+    }
+}

@@ -79,10 +79,17 @@ forgotten AS (
                         AND r.event_id <> ALL (ARRAY(SELECT event_id FROM lost)))
     RETURNING 1
 ),
+-- The consumer's row, locked (KEY SHARE) before the purge locks any task:
+-- deleting a keyed dead letter notes its key (a trigger), whose foreign-key
+-- check takes the same lock, and a change of the ordering holds the row
+-- (FOR UPDATE) while it rewrites finished tasks. Taken after the tasks, it
+-- deadlocked with that change; skipped when the row is held, the purge
+-- waits for the next run.
 retention AS MATERIALIZED (
     SELECT now() - c.completed_retention AS completed, now() - c.dead_retention AS dead,
            now() - c.log_retention AS log
     FROM sluice.consumers c WHERE c.id = $1
+    FOR KEY SHARE SKIP LOCKED
 ),
 old AS MATERIALIZED (
     SELECT p.consumer_id, p.event_id FROM sluice.tasks p, retention r
