@@ -209,10 +209,8 @@ async fn every_task_names_its_events_transaction_id() {
     .await;
     h.shutdown(Duration::from_secs(5)).await;
     // The other consumer's tasks are materialized as available by a refill.
-    let queued: i32 = sqlx::query_scalar("SELECT id FROM sluice.consumers WHERE name = 'queued'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let queued: i32 =
+        sqlx::query_scalar("SELECT id FROM sluice.consumers WHERE name = 'queued'").fetch_one(&db.pool).await.unwrap();
     support::refill(&db.pool, queued, 1000).await.unwrap();
     // And one written by hand, without it.
     sqlx::query(

@@ -174,9 +174,13 @@ BEGIN
             v_lo := least(greatest(pg_snapshot_xmax(c.position), v_wtxid), (SELECT min(x) FROM unnest(v_xip) AS x));
             WITH noted AS MATERIALIZED (
                 SELECT k.key,
-                       -- (constant false outside a window: folded away)
-                       c.window_end IS NOT NULL AND EXISTS (
-                           SELECT 1 FROM sluice.events r
+                       -- (constant false outside a window: folded away).
+                       -- A scalar subquery with LIMIT, not EXISTS: one
+                       -- descent of the key index per key. As EXISTS it was
+                       -- planned as one hashed scan of the window's rest by
+                       -- (stream, txid, id): 950,000 rows, 0.5 s a refill.
+                       c.window_end IS NOT NULL AND (
+                           SELECT true FROM sluice.events r
                            WHERE r.stream_id = c.stream_id AND r.key = k.key
                              AND r.txid >= v_lo AND r.txid < pg_snapshot_xmax(c.window_end)
                              AND (r.txid, r.id) > (v_wtxid, v_wid)
@@ -185,7 +189,8 @@ BEGIN
                              AND r.subject ~ c.include_regex
                              AND (c.exclude_regex IS NULL OR r.subject !~ c.exclude_regex)
                              AND (c.start_from IS NULL OR r.created_at >= c.start_from)
-                             AND (c.start_event IS NULL OR r.id >= c.start_event)) AS unread
+                             AND (c.start_event IS NULL OR r.id >= c.start_event)
+                           LIMIT 1) IS NOT NULL AS unread
                 FROM (SELECT DISTINCT f.key FROM sluice.freed_keys f WHERE f.consumer_id = c.id) AS k
             ),
             freed AS (
@@ -351,8 +356,9 @@ BEGIN
                                         SELECT 1 FROM sluice.tasks b
                                         WHERE b.consumer_id = c.id AND b.key = mw.key
                                           AND b.state = 'waiting' AND b.event_id < mw.id) THEN 'earlier'
-                                    WHEN EXISTS (
-                                        SELECT 1 FROM sluice.events r, last l
+                                    WHEN (
+                                        -- (as a scalar subquery: see unread above)
+                                        SELECT true FROM sluice.events r, last l
                                         WHERE r.stream_id = c.stream_id AND r.key = mw.key
                                           AND r.txid >= v_lo AND r.txid < pg_snapshot_xmax(v_end)
                                           AND (r.txid, r.id) > (l.txid, l.id)
@@ -361,7 +367,8 @@ BEGIN
                                           AND r.subject ~ c.include_regex
                                           AND (c.exclude_regex IS NULL OR r.subject !~ c.exclude_regex)
                                           AND (c.start_from IS NULL OR r.created_at >= c.start_from)
-                                          AND (c.start_event IS NULL OR r.id >= c.start_event)) THEN 'unread'
+                                          AND (c.start_event IS NULL OR r.id >= c.start_event)
+                                        LIMIT 1) IS NOT NULL THEN 'unread'
                                END AS wait_for
                         FROM win mw
                         WHERE mw.subject ~ c.include_regex
