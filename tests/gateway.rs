@@ -741,3 +741,59 @@ async fn every_task_a_gone_client_held_goes_to_a_waiting_client_with_room() {
         .await;
     }
 }
+
+/// Issue 23, defect 4: a gone client's task whose release cannot be written
+/// (here a trigger refuses `running → available`) is never acked: it stays
+/// running under its lease, then the rescuer brings it back and the next
+/// client gets it, its attempt counted.
+#[tokio::test]
+async fn a_task_whose_release_fails_is_never_completed_and_comes_back_after_its_lease() {
+    let db = TestDb::new().await;
+    sluice::create_stream(&db.pool, "orders", sluice::StreamOptions::default()).await.unwrap();
+    let options = sluice::ConsumerOptions::default().lease(Duration::from_secs(3)).max_attempts(5);
+    sluice::create_consumer(&db.pool, "orders", "billing", options).await.unwrap();
+    sluice_gateway::add_key(
+        &db.pool,
+        NewKey::new("billing-py", public_key(&signing_key(1))).consume("orders", "billing"),
+    )
+    .await
+    .unwrap();
+    let event = sluice::publish(&db.pool, "orders", sluice::NewEvent::new("orders.eu.created", &json!(1)).unwrap())
+        .await
+        .unwrap();
+    let url = serve(&db, Limits::default()).await;
+    let subscribe = json!({"type": "subscribe", "id": 1, "stream": "orders", "consumer": "billing", "credit": 1});
+
+    let mut client = Client::login(&url, &signing_key(1)).await;
+    client.ask(subscribe.clone()).await;
+    let first = client.delivery().await;
+    assert_eq!(first["event_id"], event.0);
+    sqlx::raw_sql(
+        "CREATE FUNCTION public.refuse_release() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'injected fault: no release'; END $$;
+         CREATE TRIGGER refuse_release BEFORE UPDATE ON sluice.tasks FOR EACH ROW
+           WHEN (OLD.state = 'running' AND NEW.state = 'available') EXECUTE FUNCTION public.refuse_release();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    drop(client);
+    support::wait_until(Duration::from_secs(20), "the client's subscription stopped", || async {
+        clients(&db).await[0].status == "disconnected"
+    })
+    .await;
+    // Not completed (nor failed): still running under the gone client's lease.
+    assert_eq!(states(&db).await, [("running".to_string(), 1)]);
+    let log = sluice::task_log(&db.pool, "orders", "billing", event).await.unwrap();
+    assert!(log.is_empty(), "nothing happened to the task: {log:?}");
+
+    sqlx::raw_sql("DROP TRIGGER refuse_release ON sluice.tasks").execute(&db.pool).await.unwrap();
+    let mut next_client = Client::login(&url, &signing_key(1)).await;
+    next_client.ask(subscribe).await;
+    let again = next_client.delivery().await;
+    assert_eq!((again["event_id"].clone(), again["attempt"].as_i64()), (first["event_id"].clone(), Some(2)), "{again}");
+    let log = sluice::task_log(&db.pool, "orders", "billing", event).await.unwrap();
+    assert!(log.iter().any(|e| e.action == "lease_expired"), "brought back by the rescuer: {log:?}");
+    let acked = next_client.ask(json!({"type": "ack", "id": 2, "lease_token": again["lease_token"]})).await;
+    assert_eq!(acked["type"], "ok", "{acked}");
+}
