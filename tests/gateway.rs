@@ -797,3 +797,55 @@ async fn a_task_whose_release_fails_is_never_completed_and_comes_back_after_its_
     let acked = next_client.ask(json!({"type": "ack", "id": 2, "lease_token": again["lease_token"]})).await;
     assert_eq!(acked["type"], "ok", "{acked}");
 }
+
+/// Issue 23, defect 10: idempotency keys are the publishing gateway key's
+/// own. Another client's key using the same idempotency key on the same
+/// stream publishes its own event, not a "duplicate" of one it never sent;
+/// each key's retry is still answered with its own event.
+#[tokio::test]
+async fn idempotency_keys_of_one_gateway_key_never_swallow_another_keys_events() {
+    let (db, url) = seeded(Limits::default()).await;
+    sluice_gateway::add_key(&db.pool, NewKey::new("shipping-py", public_key(&signing_key(2))).publish("orders"))
+        .await
+        .unwrap();
+    let (mut billing, _) = login(&url, &signing_key(1)).await;
+    let (mut shipping, _) = login(&url, &signing_key(2)).await;
+    let frame = |id: i64, payload: &str| {
+        json!({"type": "publish", "id": id, "stream": "orders",
+               "events": [{"subject": "orders.eu.created", "payload": payload, "idempotency_key": "order-1"}]})
+    };
+    let billed = ask(&mut billing, frame(1, "billing's")).await;
+    let shipped = ask(&mut shipping, frame(2, "shipping's")).await;
+    assert_eq!(billed["events"][0]["duplicate"], false, "{billed}");
+    assert_eq!(shipped["events"][0]["duplicate"], false, "another key's event is stored: {shipped}");
+    assert_ne!(billed["events"][0]["id"], shipped["events"][0]["id"]);
+    let stored: Vec<Value> =
+        sqlx::query_scalar("SELECT payload FROM sluice.events ORDER BY id").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(stored, [json!("billing's"), json!("shipping's")]);
+    // Each key's retry gets its own event back.
+    let again = ask(&mut shipping, frame(3, "shipping's")).await;
+    assert_eq!(again["events"][0], json!({"id": shipped["events"][0]["id"], "duplicate": true}));
+    let again = ask(&mut billing, frame(4, "billing's")).await;
+    assert_eq!(again["events"][0], json!({"id": billed["events"][0]["id"], "duplicate": true}));
+    assert_eq!(events(&db).await.len(), 2);
+
+    // A key recorded before migration 0015 (of no known gateway key) still
+    // answers a retry, by whichever key, until it is forgotten.
+    let old = events(&db).await[0].0;
+    sqlx::query(
+        "INSERT INTO sluice.gateway_publishes (stream_id, key_id, idempotency_key, event_id)
+         SELECT id, 0, 'order-0', $1 FROM sluice.streams WHERE name = 'orders'",
+    )
+    .bind(old)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let retried = ask(
+        &mut shipping,
+        json!({"type": "publish", "id": 5, "stream": "orders",
+               "events": [{"subject": "orders.eu.created", "payload": 0, "idempotency_key": "order-0"}]}),
+    )
+    .await;
+    assert_eq!(retried["events"][0], json!({"id": old, "duplicate": true}), "{retried}");
+    assert_eq!(events(&db).await.len(), 2);
+}
