@@ -82,7 +82,8 @@ class Event:
     urgent; the server's default is 1). ``deliver_at`` must be
     timezone-aware. An ``idempotency_key`` (1 to 200 characters) makes a
     retried publish safe: within 24 hours, the same key on the same stream
-    is stored once, and the retry is told the first event's id.
+    from the same gateway key is stored once, and the retry is told the
+    first event's id (another gateway key's idempotency keys are its own).
     """
 
     subject: str
