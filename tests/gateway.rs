@@ -849,3 +849,124 @@ async fn idempotency_keys_of_one_gateway_key_never_swallow_another_keys_events()
     assert_eq!(retried["events"][0], json!({"id": old, "duplicate": true}), "{retried}");
     assert_eq!(events(&db).await.len(), 2);
 }
+
+/// Issue 23, defect 10: the revocation check fails closed. When the
+/// database cannot say whether the key may still be used (here a trigger
+/// makes the connection's beat fail), the connection is closed (1011, the
+/// server's error) instead of staying open on a key that may be revoked.
+#[tokio::test]
+async fn a_connection_whose_key_cannot_be_checked_is_closed() {
+    let (db, url) = seeded(Limits::default()).await;
+    let (mut socket, _) = login(&url, &signing_key(1)).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION public.refuse_beat() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'injected fault: no beat'; END $$;
+         CREATE TRIGGER refuse_beat BEFORE UPDATE ON sluice.gateway_clients FOR EACH ROW
+           EXECUTE FUNCTION public.refuse_beat();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let closed = tokio::time::timeout(sluice_gateway::REVOCATION_CHECK * 3, closed_with(&mut socket))
+        .await
+        .expect("closed within three revocation checks");
+    assert_eq!(closed, 1011);
+    // Another connection logs in as usual: only the check failed.
+    sqlx::raw_sql("DROP TRIGGER refuse_beat ON sluice.gateway_clients").execute(&db.pool).await.unwrap();
+    let (mut again, _) = login(&url, &signing_key(1)).await;
+    assert_eq!(ask(&mut again, json!({"type": "ping", "id": 1})).await["type"], "pong");
+}
+
+/// Issue 23, defect 10: connections that have not logged in are capped
+/// (`max_unauthenticated`): past the cap an upgrade is refused with HTTP
+/// 503, and a connection that logs in (or goes) gives its place back.
+#[tokio::test]
+async fn connections_not_logged_in_are_capped() {
+    let (_db, url) = seeded(Limits::default().max_unauthenticated(2)).await;
+    let (first, nonce) = connect(&url).await;
+    let (_second, _) = connect(&url).await;
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(body.contains("max_unauthenticated"), "{body}");
+        }
+        other => panic!("expected HTTP 503 past max_unauthenticated, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    // Logged in: its place is free for another, and it works as usual.
+    let mut first = first;
+    send(&mut first, hello(&signing_key(1), &nonce)).await;
+    assert_eq!(next(&mut first).await["type"], "welcome");
+    let (_third, _) = connect(&url).await;
+    assert_eq!(ask(&mut first, json!({"type": "ping", "id": 1})).await["type"], "pong");
+    // One that goes without logging in gives its place back too.
+    drop(_second);
+    support::wait_until(Duration::from_secs(10), "a place given back", || async {
+        tokio_tungstenite::connect_async(url.as_str()).await.is_ok()
+    })
+    .await;
+}
+
+/// Issue 23, defect 10: many subscriptions of one key to one consumer do
+/// not take the gateway's pool. While an operator's transaction holds the
+/// consumer's row, every refill waits (up to its 2 s lock_timeout) holding
+/// a connection; the subscriptions' fetches take turns, so at most half the
+/// pool waits so, and the connections' beats keep landing.
+#[tokio::test]
+async fn many_subscriptions_to_one_consumer_leave_the_pool_to_heartbeats() {
+    const POOL: u32 = 4;
+    const SUBSCRIPTIONS: usize = 12;
+    let (db, _, _) = taking(Limits::default(), 0).await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(POOL)
+        .connect_with(db.options().await.application_name("gateway-under-test"))
+        .await
+        .unwrap();
+    let app = sluice_gateway::router(GatewayState::with_limits(pool.clone(), Limits::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}{}", listener.local_addr().unwrap(), sluice_gateway::PATH);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut clients = Vec::new();
+    for _ in 0..SUBSCRIPTIONS {
+        let mut client = Client::login(&url, &signing_key(1)).await;
+        let subscribed = client
+            .ask(json!({"type": "subscribe", "id": 1, "stream": "orders", "consumer": "billing", "credit": 5}))
+            .await;
+        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+        clients.push(client);
+    }
+    let mut operator = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM sluice.consumers WHERE name = 'billing' FOR NO KEY UPDATE")
+        .execute(&mut *operator)
+        .await
+        .unwrap();
+    let held_since = chrono::Utc::now();
+    // Two beats of every connection (every 5 s) while the row is held.
+    let until = tokio::time::Instant::now() + sluice_gateway::REVOCATION_CHECK * 3;
+    let mut most = 0;
+    while tokio::time::Instant::now() < until {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'gateway-under-test' AND wait_event_type = 'Lock'
+               AND query LIKE '%fetch_v2%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        most = most.max(waiting);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let unbeaten: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sluice.gateway_clients WHERE disconnected_at IS NULL AND seen_at < $1",
+    )
+    .bind(held_since + chrono::Duration::seconds(1))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    operator.rollback().await.unwrap();
+    assert!(most >= 1, "the refills did wait for the row");
+    assert!(most <= i64::from(POOL / 2), "{most} of {POOL} connections waited on refills at once");
+    assert_eq!(unbeaten, 0, "every connection beat while the refills waited");
+}

@@ -149,7 +149,10 @@ pub(crate) async fn subscribe(
     check_credit(credit, 0, limits.max_credit)?;
     let credit = sluice::Credit::new(credit);
     let ctx = Arc::new(Ctx { subscription, outbound, in_hand, settle_timeout: limits.settle_timeout });
-    let options = Subscription::new(stream, consumer).concurrency(limits.max_credit).credit(credit.clone());
+    let options = Subscription::new(stream, consumer)
+        .concurrency(limits.max_credit)
+        .credit(credit.clone())
+        .fetch_limit(state.fetch_limit().clone());
     let handler = move |msg: Message<Value>| handle(ctx.clone(), msg);
     let handle = sluice::sub(state.pool(), options, handler).await.map_err(|e| match e {
         sluice::Error::StreamNotFound { .. } | sluice::Error::ConsumerNotFound { .. } => {

@@ -177,7 +177,16 @@ where
                 };
                 asked = ask.tasks;
                 let shared = shared.clone();
-                let run = async move { fetcher::fetch(&shared, ask).await };
+                let limit = self.sub.fetch_limit.clone();
+                let run = async move {
+                    // In turn with the subscribers sharing the limit: the
+                    // wait holds no pool connection.
+                    let _turn = match &limit {
+                        Some(limit) => Some(limit.turn().await),
+                        None => None,
+                    };
+                    fetcher::fetch(&shared, ask).await
+                };
                 fetching = Some(tokio::spawn(run.in_current_span()));
                 dirty = false;
             }
