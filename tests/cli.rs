@@ -1037,7 +1037,18 @@ async fn gateway_keys_are_managed_from_the_cli_and_serve_mounts_the_gateway() {
     assert!(waited.elapsed() < Duration::from_secs(8), "--gateway-auth-timeout 1s, not the default 10s");
     server.start_kill().unwrap();
     server.wait().await.unwrap();
+    // --gateway-max-unauthenticated: past it, an upgrade is refused (HTTP 503).
+    let (mut server, address) = start_serve(url, &["--gateway-max-unauthenticated", "1"], &[]).await;
+    let (mut waiting, _) = tokio_tungstenite::connect_async(format!("ws://{address}/gateway")).await.unwrap();
+    futures::StreamExt::next(&mut waiting).await.unwrap().unwrap();
+    match tokio_tungstenite::connect_async(format!("ws://{address}/gateway")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected HTTP 503 past --gateway-max-unauthenticated 1, got {:?}", other.map(|(_, r)| r)),
+    }
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
     for (flag, value, expect) in [
+        ("--gateway-max-unauthenticated", "0", "--gateway-max-unauthenticated"),
         ("--gateway-max-credit", "0", "--gateway-max-credit"),
         ("--gateway-max-frame-bytes", "10", "--gateway-max-frame-bytes"),
         ("--gateway-settle-timeout", "0s", "at least 1s"),

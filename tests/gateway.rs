@@ -700,3 +700,273 @@ async fn a_clients_status_is_idle_active_then_disconnected() {
     })
     .await;
 }
+
+/// Issue 23, defect 5: a client with free credit waits on a consumer while
+/// another client holding its tasks goes away; each release wakes it, and
+/// every released task comes to it, however the releases and its fetches
+/// interleave (it once got 9 of 10 in about one round in six: the last
+/// waited for two settles, since a subscriber with a credit tops up only
+/// once a quarter of it is free).
+#[tokio::test]
+async fn every_task_a_gone_client_held_goes_to_a_waiting_client_with_room() {
+    const TASKS: usize = 10;
+    const ROUNDS: usize = 24;
+    let (db, url, _) = taking(Limits::default(), 0).await;
+    let subscribe = json!({"type": "subscribe", "id": 1, "stream": "orders", "consumer": "billing", "credit": TASKS});
+    for round in 0..ROUNDS {
+        let batch = (0..TASKS).map(|n| sluice::NewEvent::new("orders.eu.created", &json!({"n": n})).unwrap());
+        sluice::publish_batch(&db.pool, "orders", batch).await.unwrap();
+        let mut holder = Client::login(&url, &signing_key(1)).await;
+        holder.ask(subscribe.clone()).await;
+        for _ in 0..TASKS {
+            holder.delivery().await;
+        }
+        let mut waiting = Client::login(&url, &signing_key(1)).await;
+        waiting.ask(subscribe.clone()).await;
+        drop(holder);
+        let mut got = Vec::new();
+        for _ in 0..TASKS {
+            let task = tokio::time::timeout(Duration::from_secs(10), waiting.delivery()).await.unwrap_or_else(|_| {
+                panic!("round {round}: {} of {TASKS} released tasks delivered to the waiting client", got.len())
+            });
+            got.push(task);
+        }
+        for (n, task) in got.iter().enumerate() {
+            let acked = waiting.ask(json!({"type": "ack", "id": 10 + n, "lease_token": task["lease_token"]})).await;
+            assert_eq!(acked["type"], "ok", "{acked}");
+        }
+        support::wait_until(Duration::from_secs(10), "the round's tasks done", || async {
+            states(&db).await.is_empty()
+        })
+        .await;
+    }
+}
+
+/// Issue 23, defect 4: a gone client's task whose release cannot be written
+/// (here a trigger refuses `running → available`) is never acked: it stays
+/// running under its lease, then the rescuer brings it back and the next
+/// client gets it, its attempt counted.
+#[tokio::test]
+async fn a_task_whose_release_fails_is_never_completed_and_comes_back_after_its_lease() {
+    let db = TestDb::new().await;
+    sluice::create_stream(&db.pool, "orders", sluice::StreamOptions::default()).await.unwrap();
+    let options = sluice::ConsumerOptions::default().lease(Duration::from_secs(3)).max_attempts(5);
+    sluice::create_consumer(&db.pool, "orders", "billing", options).await.unwrap();
+    sluice_gateway::add_key(
+        &db.pool,
+        NewKey::new("billing-py", public_key(&signing_key(1))).consume("orders", "billing"),
+    )
+    .await
+    .unwrap();
+    let event = sluice::publish(&db.pool, "orders", sluice::NewEvent::new("orders.eu.created", &json!(1)).unwrap())
+        .await
+        .unwrap();
+    let url = serve(&db, Limits::default()).await;
+    let subscribe = json!({"type": "subscribe", "id": 1, "stream": "orders", "consumer": "billing", "credit": 1});
+
+    let mut client = Client::login(&url, &signing_key(1)).await;
+    client.ask(subscribe.clone()).await;
+    let first = client.delivery().await;
+    assert_eq!(first["event_id"], event.0);
+    sqlx::raw_sql(
+        "CREATE FUNCTION public.refuse_release() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'injected fault: no release'; END $$;
+         CREATE TRIGGER refuse_release BEFORE UPDATE ON sluice.tasks FOR EACH ROW
+           WHEN (OLD.state = 'running' AND NEW.state = 'available') EXECUTE FUNCTION public.refuse_release();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    drop(client);
+    support::wait_until(Duration::from_secs(20), "the client's subscription stopped", || async {
+        clients(&db).await[0].status == "disconnected"
+    })
+    .await;
+    // Not completed (nor failed): still running under the gone client's lease.
+    assert_eq!(states(&db).await, [("running".to_string(), 1)]);
+    let log = sluice::task_log(&db.pool, "orders", "billing", event).await.unwrap();
+    assert!(log.is_empty(), "nothing happened to the task: {log:?}");
+
+    sqlx::raw_sql("DROP TRIGGER refuse_release ON sluice.tasks").execute(&db.pool).await.unwrap();
+    let mut next_client = Client::login(&url, &signing_key(1)).await;
+    next_client.ask(subscribe).await;
+    let again = next_client.delivery().await;
+    assert_eq!((again["event_id"].clone(), again["attempt"].as_i64()), (first["event_id"].clone(), Some(2)), "{again}");
+    let log = sluice::task_log(&db.pool, "orders", "billing", event).await.unwrap();
+    assert!(log.iter().any(|e| e.action == "lease_expired"), "brought back by the rescuer: {log:?}");
+    let acked = next_client.ask(json!({"type": "ack", "id": 2, "lease_token": again["lease_token"]})).await;
+    assert_eq!(acked["type"], "ok", "{acked}");
+}
+
+/// Issue 23, defect 10: idempotency keys are the publishing gateway key's
+/// own. Another client's key using the same idempotency key on the same
+/// stream publishes its own event, not a "duplicate" of one it never sent;
+/// each key's retry is still answered with its own event.
+#[tokio::test]
+async fn idempotency_keys_of_one_gateway_key_never_swallow_another_keys_events() {
+    let (db, url) = seeded(Limits::default()).await;
+    sluice_gateway::add_key(&db.pool, NewKey::new("shipping-py", public_key(&signing_key(2))).publish("orders"))
+        .await
+        .unwrap();
+    let (mut billing, _) = login(&url, &signing_key(1)).await;
+    let (mut shipping, _) = login(&url, &signing_key(2)).await;
+    let frame = |id: i64, payload: &str| {
+        json!({"type": "publish", "id": id, "stream": "orders",
+               "events": [{"subject": "orders.eu.created", "payload": payload, "idempotency_key": "order-1"}]})
+    };
+    let billed = ask(&mut billing, frame(1, "billing's")).await;
+    let shipped = ask(&mut shipping, frame(2, "shipping's")).await;
+    assert_eq!(billed["events"][0]["duplicate"], false, "{billed}");
+    assert_eq!(shipped["events"][0]["duplicate"], false, "another key's event is stored: {shipped}");
+    assert_ne!(billed["events"][0]["id"], shipped["events"][0]["id"]);
+    let stored: Vec<Value> =
+        sqlx::query_scalar("SELECT payload FROM sluice.events ORDER BY id").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(stored, [json!("billing's"), json!("shipping's")]);
+    // Each key's retry gets its own event back.
+    let again = ask(&mut shipping, frame(3, "shipping's")).await;
+    assert_eq!(again["events"][0], json!({"id": shipped["events"][0]["id"], "duplicate": true}));
+    let again = ask(&mut billing, frame(4, "billing's")).await;
+    assert_eq!(again["events"][0], json!({"id": billed["events"][0]["id"], "duplicate": true}));
+    assert_eq!(events(&db).await.len(), 2);
+
+    // A key recorded before migration 0015 (of no known gateway key) still
+    // answers a retry, by whichever key, until it is forgotten.
+    let old = events(&db).await[0].0;
+    sqlx::query(
+        "INSERT INTO sluice.gateway_publishes (stream_id, key_id, idempotency_key, event_id)
+         SELECT id, 0, 'order-0', $1 FROM sluice.streams WHERE name = 'orders'",
+    )
+    .bind(old)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let retried = ask(
+        &mut shipping,
+        json!({"type": "publish", "id": 5, "stream": "orders",
+               "events": [{"subject": "orders.eu.created", "payload": 0, "idempotency_key": "order-0"}]}),
+    )
+    .await;
+    assert_eq!(retried["events"][0], json!({"id": old, "duplicate": true}), "{retried}");
+    assert_eq!(events(&db).await.len(), 2);
+}
+
+/// Issue 23, defect 10: the revocation check fails closed. When the
+/// database cannot say whether the key may still be used (here a trigger
+/// makes the connection's beat fail), the connection is closed (1011, the
+/// server's error) instead of staying open on a key that may be revoked.
+#[tokio::test]
+async fn a_connection_whose_key_cannot_be_checked_is_closed() {
+    let (db, url) = seeded(Limits::default()).await;
+    let (mut socket, _) = login(&url, &signing_key(1)).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION public.refuse_beat() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'injected fault: no beat'; END $$;
+         CREATE TRIGGER refuse_beat BEFORE UPDATE ON sluice.gateway_clients FOR EACH ROW
+           EXECUTE FUNCTION public.refuse_beat();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let closed = tokio::time::timeout(sluice_gateway::REVOCATION_CHECK * 3, closed_with(&mut socket))
+        .await
+        .expect("closed within three revocation checks");
+    assert_eq!(closed, 1011);
+    // Another connection logs in as usual: only the check failed.
+    sqlx::raw_sql("DROP TRIGGER refuse_beat ON sluice.gateway_clients").execute(&db.pool).await.unwrap();
+    let (mut again, _) = login(&url, &signing_key(1)).await;
+    assert_eq!(ask(&mut again, json!({"type": "ping", "id": 1})).await["type"], "pong");
+}
+
+/// Issue 23, defect 10: connections that have not logged in are capped
+/// (`max_unauthenticated`): past the cap an upgrade is refused with HTTP
+/// 503, and a connection that logs in (or goes) gives its place back.
+#[tokio::test]
+async fn connections_not_logged_in_are_capped() {
+    let (_db, url) = seeded(Limits::default().max_unauthenticated(2)).await;
+    let (first, nonce) = connect(&url).await;
+    let (_second, _) = connect(&url).await;
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(body.contains("max_unauthenticated"), "{body}");
+        }
+        other => panic!("expected HTTP 503 past max_unauthenticated, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    // Logged in: its place is free for another, and it works as usual.
+    let mut first = first;
+    send(&mut first, hello(&signing_key(1), &nonce)).await;
+    assert_eq!(next(&mut first).await["type"], "welcome");
+    let (_third, _) = connect(&url).await;
+    assert_eq!(ask(&mut first, json!({"type": "ping", "id": 1})).await["type"], "pong");
+    // One that goes without logging in gives its place back too.
+    drop(_second);
+    support::wait_until(Duration::from_secs(10), "a place given back", || async {
+        tokio_tungstenite::connect_async(url.as_str()).await.is_ok()
+    })
+    .await;
+}
+
+/// Issue 23, defect 10: many subscriptions of one key to one consumer do
+/// not take the gateway's pool. While an operator's transaction holds the
+/// consumer's row, every refill waits (up to its 2 s lock_timeout) holding
+/// a connection; the subscriptions' fetches take turns, so at most half the
+/// pool waits so, and the connections' beats keep landing.
+#[tokio::test]
+async fn many_subscriptions_to_one_consumer_leave_the_pool_to_heartbeats() {
+    const POOL: u32 = 4;
+    const SUBSCRIPTIONS: usize = 12;
+    let (db, _, _) = taking(Limits::default(), 0).await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(POOL)
+        .connect_with(db.options().await.application_name("gateway-under-test"))
+        .await
+        .unwrap();
+    let app = sluice_gateway::router(GatewayState::with_limits(pool.clone(), Limits::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}{}", listener.local_addr().unwrap(), sluice_gateway::PATH);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut clients = Vec::new();
+    for _ in 0..SUBSCRIPTIONS {
+        let mut client = Client::login(&url, &signing_key(1)).await;
+        let subscribed = client
+            .ask(json!({"type": "subscribe", "id": 1, "stream": "orders", "consumer": "billing", "credit": 5}))
+            .await;
+        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+        clients.push(client);
+    }
+    let mut operator = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM sluice.consumers WHERE name = 'billing' FOR NO KEY UPDATE")
+        .execute(&mut *operator)
+        .await
+        .unwrap();
+    let held_since = chrono::Utc::now();
+    // Two beats of every connection (every 5 s) while the row is held.
+    let until = tokio::time::Instant::now() + sluice_gateway::REVOCATION_CHECK * 3;
+    let mut most = 0;
+    while tokio::time::Instant::now() < until {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'gateway-under-test' AND wait_event_type = 'Lock'
+               AND query LIKE '%fetch_v2%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        most = most.max(waiting);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let unbeaten: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sluice.gateway_clients WHERE disconnected_at IS NULL AND seen_at < $1",
+    )
+    .bind(held_since + chrono::Duration::seconds(1))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    operator.rollback().await.unwrap();
+    assert!(most >= 1, "the refills did wait for the row");
+    assert!(most <= i64::from(POOL / 2), "{most} of {POOL} connections waited on refills at once");
+    assert_eq!(unbeaten, 0, "every connection beat while the refills waited");
+}

@@ -699,3 +699,51 @@ async fn a_batched_ack_completes_the_task_once_written() {
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM sluice.tasks").fetch_one(&db.pool).await.unwrap();
     assert_eq!(left, 0, "every task completed (and removed)");
 }
+
+/// Issue 23, defect 4, in the library: a handler whose nack or release
+/// cannot be written (a trigger refuses `running → available`) and that
+/// returns `Ok` all the same does not ack its task: it stays running under
+/// its lease. So does one that says `leave_to_lease`.
+#[tokio::test]
+async fn a_failed_nack_or_release_or_leave_to_lease_is_never_an_implicit_ack() {
+    let db = TestDb::new().await;
+    setup(&db, fast()).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION public.refuse_available() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'injected fault: not available again'; END $$;
+         CREATE TRIGGER refuse_available BEFORE UPDATE ON sluice.tasks FOR EACH ROW
+           WHEN (OLD.state = 'running' AND NEW.state = 'available') EXECUTE FUNCTION public.refuse_available();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let ids = publish_batch(&db.pool, "jobs", (0..3).map(job)).await.unwrap();
+    let failed: Log<(i64, bool)> = Arc::default();
+    let seen = failed.clone();
+    let h = sub(&db.pool, Subscription::new("jobs", "c"), move |msg: Message<Value>| {
+        let seen = seen.clone();
+        async move {
+            let refused = match n_of(&msg) {
+                0 => msg.nack(Nack::requeue_end()).await.is_err(),
+                1 => msg.release("handed back").await.is_err(),
+                _ => {
+                    msg.leave_to_lease();
+                    true
+                }
+            };
+            seen.lock().unwrap().push((n_of(&msg), refused));
+            Ok::<_, HandlerError>(())
+        }
+    })
+    .await
+    .unwrap();
+    wait_until(WAIT, "three handlers returned", || async { failed.lock().unwrap().len() == 3 }).await;
+    // Whatever was queued to ack is written by the shutdown's flush.
+    h.shutdown(Duration::from_secs(5)).await;
+    let mut got = failed.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, [(0, true), (1, true), (2, true)], "the nack and the release were refused");
+    for id in ids {
+        assert_eq!(state_of(&db, id).await, Some(TaskState::Running), "event {id:?}: left to its lease");
+    }
+}

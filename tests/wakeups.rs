@@ -132,3 +132,109 @@ async fn a_listen_url_that_is_not_a_url_is_refused_by_name() {
         other => panic!("expected the listen_url refused, got {:?}", other.map(|_| ())),
     }
 }
+
+/// Issue 23, defect 5, in process: a subscriber with a credit waits on a
+/// consumer whose tasks another subscriber holds; that one hands them back
+/// one at a time (`Message::release`), and every one of them comes to the
+/// waiting subscriber, however the releases and its fetches interleave.
+#[tokio::test]
+async fn every_released_task_comes_to_a_waiting_subscriber_with_room() {
+    const TASKS: usize = 10;
+    const ROUNDS: usize = 16;
+    let db = TestDb::new().await;
+    create_stream(&db.pool, "held", StreamOptions::default()).await.unwrap();
+    for round in 0..ROUNDS {
+        let consumer = format!("c{round}");
+        create_consumer(&db.pool, "held", &consumer, ConsumerOptions::default()).await.unwrap();
+        let batch = (0..TASKS as i64).map(job);
+        sluice::publish_batch(&db.pool, "held", batch).await.unwrap();
+
+        // The holder: takes all ten, then hands each back when told to (and
+        // takes no more: its credit is set to 0 first).
+        let holding = sluice::Credit::new(TASKS);
+        let go = Arc::new(tokio::sync::Semaphore::new(0));
+        let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (go2, held2) = (go.clone(), held.clone());
+        let holder = sub(
+            &db.pool,
+            Subscription::new("held", &consumer).concurrency(TASKS).credit(holding.clone()),
+            move |msg: Message<Value>| {
+                let (go, held) = (go2.clone(), held2.clone());
+                async move {
+                    held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    go.acquire().await.expect("open").forget();
+                    msg.release("handed back by the test").await?;
+                    Ok::<_, HandlerError>(())
+                }
+            },
+        )
+        .await
+        .unwrap();
+        wait_until(WAIT, "the holder holding every task", || async {
+            held.load(std::sync::atomic::Ordering::SeqCst) == TASKS
+        })
+        .await;
+
+        // The waiting one: room for all ten, holds what it gets.
+        let seen: Arc<Mutex<Vec<i64>>> = Arc::default();
+        let seen2 = seen.clone();
+        let waiting = sub(
+            &db.pool,
+            Subscription::new("held", &consumer).concurrency(TASKS).credit(sluice::Credit::new(TASKS)),
+            move |msg: Message<Value>| {
+                let seen = seen2.clone();
+                async move {
+                    seen.lock().unwrap().push(msg.payload()["n"].as_i64().unwrap());
+                    std::future::pending::<()>().await;
+                    Ok::<_, HandlerError>(())
+                }
+            },
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        holding.set(0);
+        go.add_permits(TASKS);
+        let all = tokio::time::timeout(Duration::from_secs(10), async {
+            while seen.lock().unwrap().len() < TASKS {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let got = seen.lock().unwrap().len();
+        assert!(all.is_ok(), "round {round}: {got} of {TASKS} released tasks came to the waiting subscriber");
+        holder.shutdown(Duration::from_secs(5)).await;
+        waiting.shutdown(Duration::from_millis(500)).await;
+    }
+}
+
+/// Issue 23, defect 5: a task requeued (`nack`) after its subscriber went
+/// idle is available again at once, and the requeue wakes the stream's
+/// subscribers: the poll here is an hour away.
+#[tokio::test]
+async fn a_requeued_task_wakes_the_subscribers_without_waiting_for_the_poll() {
+    let db = TestDb::new().await;
+    create_stream(&db.pool, "requeued", StreamOptions::default()).await.unwrap();
+    create_consumer(&db.pool, "requeued", "c", ConsumerOptions::default()).await.unwrap();
+    publish(&db.pool, "requeued", job(1)).await.unwrap();
+    let attempts: Arc<Mutex<Vec<i32>>> = Arc::default();
+    let seen = attempts.clone();
+    let subscription = Subscription::new("requeued", "c").poll_interval(Duration::from_secs(3600));
+    let h = sub(&db.pool, subscription, move |msg: Message<Value>| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(msg.attempt());
+            if msg.attempt() == 1 {
+                // Past the subscriber's follow-up fetches: it waits for news.
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                msg.nack(sluice::Nack::requeue_end().reason("not yet")).await?;
+            }
+            Ok::<_, HandlerError>(())
+        }
+    })
+    .await
+    .unwrap();
+    wait_until(WAIT, "the requeued task handled again", || async { attempts.lock().unwrap().len() == 2 }).await;
+    h.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(*attempts.lock().unwrap(), [1, 2]);
+}

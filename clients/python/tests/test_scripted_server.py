@@ -147,3 +147,24 @@ async def test_an_expired_task_is_marked_skipped_and_reported(
         await asyncio.wait_for(anext(sub), 5)
     assert ended.value.code is ErrorCode.REVOKED
     await client.close()
+
+
+async def test_a_server_with_too_many_connections_logging_in_is_unavailable() -> None:
+    """HTTP 503 to the upgrade (``--gateway-max-unauthenticated``) is
+    :class:`Unavailable`, a :class:`ConnectionClosed`: connect again later."""
+    from http import HTTPStatus
+
+    from sluice_client import ConnectionClosed, Unavailable
+
+    def busy(connection: ServerConnection, request: Any) -> Any:
+        return connection.respond(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            "256 connections are logging in already (max_unauthenticated)\n",
+        )
+
+    async with serve(gateway, "127.0.0.1", 0, process_request=busy) as server:
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(Unavailable) as refused:
+            await Client.connect(f"ws://127.0.0.1:{port}/gateway", generate_key())
+    assert isinstance(refused.value, ConnectionClosed)
+    assert "max_unauthenticated" in str(refused.value)

@@ -45,7 +45,8 @@ pub struct ServeArgs {
 }
 
 /// The gateway's limits (docs/GATEWAY.md); the defaults are
-/// `sluice_gateway::Limits::default()`. Each is sent to a client in its welcome.
+/// `sluice_gateway::Limits::default()`. Each but the auth timeout and the
+/// cap on connections logging in is sent to a client in its welcome.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Gateway limits")]
 struct GatewayLimits {
@@ -64,6 +65,12 @@ struct GatewayLimits {
     #[arg(long, value_name = "N", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     gateway_max_connections_per_key: u32,
+
+    /// The most connections not logged in yet (from the upgrade to the
+    /// welcome) this server holds at once; past it, upgrades get HTTP 503.
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    gateway_max_unauthenticated: u32,
 
     /// The most credit (tasks in a client's hands) one subscription may have.
     #[arg(long, value_name = "TASKS", default_value_t = 1000,
@@ -86,6 +93,7 @@ impl GatewayLimits {
             .max_frame_bytes(self.gateway_max_frame_bytes as usize)
             .max_batch(self.gateway_max_batch as usize)
             .max_connections_per_key(self.gateway_max_connections_per_key as usize)
+            .max_unauthenticated(self.gateway_max_unauthenticated as usize)
             .max_credit(self.gateway_max_credit as usize)
             .auth_timeout(self.gateway_auth_timeout)
             .settle_timeout(self.gateway_settle_timeout)

@@ -40,9 +40,17 @@ enum Ended {
     Gone,
     /// The server refused something that ends the connection.
     Refused(Option<protocol::RequestId>, Refusal),
+    /// The server could not tell whether the key may still be used: it
+    /// closes with this WebSocket close code and reason, no error frame
+    /// (as when it stops), and the client reconnects.
+    Closed(u16, &'static str),
 }
 
-pub(crate) async fn serve(state: GatewayState, mut socket: WebSocket) {
+/// The close code when the key could not be checked: 1011, the server's error.
+const UNCHECKED_CLOSE: u16 = 1011;
+const UNCHECKED_REASON: &str = "the gateway could not check the key; reconnect";
+
+pub(crate) async fn serve(state: GatewayState, mut socket: WebSocket, place: crate::Unauthenticated) {
     let nonce = auth::nonce();
     let challenge = ServerFrame::Challenge { protocol: PROTOCOL, nonce: auth::encode(&nonce) };
     if send(&mut socket, &challenge).await.is_err() {
@@ -50,7 +58,7 @@ pub(crate) async fn serve(state: GatewayState, mut socket: WebSocket) {
     }
     let (key, client) = match timeout(state.limits().auth_timeout, login(&state, &mut socket, &nonce)).await {
         Ok(Ok(login)) => login,
-        Ok(Err(Ended::Gone)) => return,
+        Ok(Err(Ended::Gone | Ended::Closed(..))) => return,
         Ok(Err(Ended::Refused(id, refusal))) => return refuse(&mut socket, id, refusal).await,
         Err(_) => {
             let limit = state.limits().auth_timeout;
@@ -58,6 +66,8 @@ pub(crate) async fn serve(state: GatewayState, mut socket: WebSocket) {
             return refuse(&mut socket, None, refusal).await;
         }
     };
+    // Logged in (or refused below): no longer one of those logging in.
+    drop(place);
     let Some(_slot) = state.connect(key.id) else {
         let limit = state.limits().max_connections_per_key;
         let refusal = Refusal::new(
@@ -103,6 +113,9 @@ pub(crate) async fn serve(state: GatewayState, mut socket: WebSocket) {
     match requests(&mut session, &mut socket, &mut deliveries).await {
         Ended::Gone => {}
         Ended::Refused(id, refusal) => refuse(&mut socket, id, refusal).await,
+        Ended::Closed(code, reason) => {
+            let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+        }
     }
     // Gone: its tasks are released at once, its subscribers stopped.
     drop(deliveries);
@@ -257,7 +270,12 @@ async fn requests(
                         let refusal = Refusal::new(Code::Revoked, format!("gateway key {:?} was revoked", key.name));
                         return Ended::Refused(None, refusal);
                     }
-                    Err(e) => warn!(error = %e, "gateway could not check a key"),
+                    // Fail closed: a revoked key must not keep a connection
+                    // because the database could not say so.
+                    Err(e) => {
+                        warn!(error = %e, key = %key.name, "gateway could not check a key; closing its connection");
+                        return Ended::Closed(UNCHECKED_CLOSE, UNCHECKED_REASON);
+                    }
                 }
             }
         }

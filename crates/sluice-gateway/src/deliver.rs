@@ -3,7 +3,9 @@
 //! wait for its `ack`, `nack` or `defer`, with the client's credit as the
 //! subscriber's [`sluice::Credit`]. A task the client does not settle (nor
 //! `extend`) within the settle timeout fails that attempt; the tasks of a
-//! client that goes away are released at once.
+//! client that goes away are released at once. No path ends a handler with
+//! an implicit ack: a task the client did not ack is settled as it asked,
+//! released, failed, or left to its lease, never completed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +16,7 @@ use serde_json::Value;
 use sluice::{Defer, HandlerError, Message, Nack, Priority, SubscriberHandle, Subscription, TaskError, TaskState};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{sleep_until, Instant};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::keys::LoginKey;
 use crate::protocol::{Code, Refusal, ServerFrame, Subscribe};
@@ -70,6 +72,17 @@ impl InHand {
         self.lock().len()
     }
 }
+
+/// Tries of a gone client's task's release before it is left to its lease.
+const RELEASE_TRIES: u32 = 4;
+/// The wait before the second try, doubled before each next one.
+const RELEASE_BACKOFF: Duration = Duration::from_millis(100);
+/// How long one try may take (a pool busy with a client dropping hundreds
+/// of tasks): the tries and waits fit in the seconds a gone client's
+/// subscriptions are given to stop.
+const RELEASE_TRY_LIMIT: Duration = Duration::from_millis(800);
+/// Why a gone client's tasks are released.
+const GONE: &str = "the gateway client disconnected";
 
 fn lease_lost(token: i64) -> Refusal {
     Refusal::new(
@@ -136,7 +149,10 @@ pub(crate) async fn subscribe(
     check_credit(credit, 0, limits.max_credit)?;
     let credit = sluice::Credit::new(credit);
     let ctx = Arc::new(Ctx { subscription, outbound, in_hand, settle_timeout: limits.settle_timeout });
-    let options = Subscription::new(stream, consumer).concurrency(limits.max_credit).credit(credit.clone());
+    let options = Subscription::new(stream, consumer)
+        .concurrency(limits.max_credit)
+        .credit(credit.clone())
+        .fetch_limit(state.fetch_limit().clone());
     let handler = move |msg: Message<Value>| handle(ctx.clone(), msg);
     let handle = sluice::sub(state.pool(), options, handler).await.map_err(|e| match e {
         sluice::Error::StreamNotFound { .. } | sluice::Error::ConsumerNotFound { .. } => {
@@ -194,6 +210,9 @@ async fn wait(
                         return Ok(());
                     }
                     Err(TaskError::LeaseLost { .. } | TaskError::AlreadySettled { .. }) => {
+                        // Told lease_lost: returning must not ack it after all
+                        // (an ack given up after its retries reads so too).
+                        msg.leave_to_lease();
                         let _ = reply.send(Err(lease_lost(token)));
                         return Ok(());
                     }
@@ -221,11 +240,44 @@ async fn apply(msg: &Message<Value>, how: How) -> Result<Settled, TaskError> {
     }
 }
 
+/// Hands a gone client's task back, trying again (with a growing wait) when
+/// the write fails. A task whose release cannot be written is left to its
+/// lease: it stays running until the lease ends, then comes back; it is
+/// never acked, which would complete a task nobody handled.
 async fn release(msg: &Message<Value>) -> Result<(), HandlerError> {
-    if let Err(e) = msg.release("the gateway client disconnected").await {
-        debug!(error = %e, "could not release a task of a gone client");
+    let mut wait = RELEASE_BACKOFF;
+    for tries in 1..=RELEASE_TRIES {
+        let released = match tokio::time::timeout(RELEASE_TRY_LIMIT, msg.release(GONE)).await {
+            Ok(released) => released,
+            // It may still have been written: the next try finds the lease
+            // lost, and leaves it so.
+            Err(_) => Err(TaskError::Database(timed_out())),
+        };
+        match released {
+            Ok(()) => return Ok(()),
+            // Settled, expired or released already: nothing to hand back.
+            Err(TaskError::LeaseLost { .. } | TaskError::AlreadySettled { .. }) => break,
+            Err(e) if tries < RELEASE_TRIES => {
+                debug!(error = %e, tries, retry_in = ?wait, "could not release a task of a gone client; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => warn!(
+                error = %e,
+                event_id = msg.id().0,
+                "could not release a task of a gone client; it comes back when its lease ends"
+            ),
+        }
     }
+    msg.leave_to_lease();
     Ok(())
+}
+
+fn timed_out() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("a release took over {RELEASE_TRY_LIMIT:?}"),
+    ))
 }
 
 fn deliver_frame(subscription: &str, msg: &Message<Value>) -> ServerFrame {

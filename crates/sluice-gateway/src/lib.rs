@@ -17,12 +17,14 @@
 //! ```
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
-use axum::response::Response;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use sqlx::PgPool;
@@ -56,6 +58,10 @@ pub struct Limits {
     pub max_batch: usize,
     /// The most connections one key may have open to this server (default 16).
     pub max_connections_per_key: usize,
+    /// The most connections not logged in yet (between the upgrade and the
+    /// welcome) this server holds at once (default 256); past it an
+    /// upgrade is refused with HTTP 503.
+    pub max_unauthenticated: usize,
     /// How long a client has to answer the challenge (default 10 s).
     pub auth_timeout: Duration,
     /// The most credit (tasks in the client's hands) one subscription may
@@ -72,6 +78,7 @@ impl Default for Limits {
             max_frame_bytes: 1024 * 1024,
             max_batch: 500,
             max_connections_per_key: 16,
+            max_unauthenticated: 256,
             auth_timeout: Duration::from_secs(10),
             max_credit: 1000,
             settle_timeout: Duration::from_secs(300),
@@ -98,6 +105,12 @@ impl Limits {
         self
     }
 
+    /// Sets [`Limits::max_unauthenticated`].
+    pub fn max_unauthenticated(mut self, connections: usize) -> Limits {
+        self.max_unauthenticated = connections;
+        self
+    }
+
     /// Sets [`Limits::max_credit`].
     pub fn max_credit(mut self, credit: usize) -> Limits {
         self.max_credit = credit;
@@ -117,8 +130,9 @@ impl Limits {
     }
 }
 
-/// What the gateway needs: the database, its limits, and the connections
-/// open per key (in this process).
+/// What the gateway needs: the database, its limits, the connections open
+/// per key and those not logged in yet (in this process), and the turns of
+/// its subscriptions' fetches.
 #[derive(Clone)]
 pub struct GatewayState {
     inner: Arc<Inner>,
@@ -128,6 +142,11 @@ struct Inner {
     pool: PgPool,
     limits: Limits,
     connections: Mutex<HashMap<i32, usize>>,
+    unauthenticated: AtomicUsize,
+    /// Every subscription's fetches take turns here: at most half the
+    /// pool's connections wait on refills, so that beats, heartbeats,
+    /// settles and publishes always find one.
+    fetch_limit: sluice::FetchLimit,
     last_forget: Mutex<Option<Instant>>,
 }
 
@@ -139,11 +158,14 @@ impl GatewayState {
 
     /// The gateway with these limits.
     pub fn with_limits(pool: PgPool, limits: Limits) -> GatewayState {
+        let fetch_limit = sluice::FetchLimit::new(pool.options().get_max_connections() as usize / 2);
         GatewayState {
             inner: Arc::new(Inner {
                 pool,
                 limits,
                 connections: Mutex::new(HashMap::new()),
+                unauthenticated: AtomicUsize::new(0),
+                fetch_limit,
                 last_forget: Mutex::new(None),
             }),
         }
@@ -155,6 +177,21 @@ impl GatewayState {
 
     pub(crate) fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    pub(crate) fn fetch_limit(&self) -> &sluice::FetchLimit {
+        &self.inner.fetch_limit
+    }
+
+    /// Takes one of the places for connections not logged in yet, given
+    /// back when the guard drops (at the welcome, or when the connection ends).
+    pub(crate) fn unauthenticated(&self) -> Option<Unauthenticated> {
+        let limit = self.limits().max_unauthenticated;
+        self.inner
+            .unauthenticated
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .ok()?;
+        Some(Unauthenticated { state: self.clone() })
     }
 
     /// The size above which the WebSocket layer itself refuses a frame:
@@ -219,16 +256,35 @@ impl Drop for Slot {
     }
 }
 
+/// A connection not logged in yet.
+pub(crate) struct Unauthenticated {
+    state: GatewayState,
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        self.state.inner.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The gateway's route: WebSocket upgrades at [`PATH`].
 pub fn router(state: GatewayState) -> Router {
     Router::new().route(PATH, get(upgrade)).with_state(state)
 }
 
 async fn upgrade(State(state): State<GatewayState>, upgrade: WebSocketUpgrade) -> Response {
+    // Counted from the upgrade: a connection holds its place until its
+    // welcome, at most the auth timeout.
+    let Some(place) = state.unauthenticated() else {
+        let limit = state.limits().max_unauthenticated;
+        warn!(limit, "gateway refuses a connection: too many not logged in yet (max_unauthenticated)");
+        let message = format!("{limit} connections are logging in already (max_unauthenticated); try again shortly\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], message).into_response();
+    };
     let cap = state.transport_cap();
     upgrade
         .protocols([PROTOCOL])
         .max_message_size(cap)
         .max_frame_size(cap)
-        .on_upgrade(move |socket| connection::serve(state, socket))
+        .on_upgrade(move |socket| connection::serve(state, socket, place))
 }

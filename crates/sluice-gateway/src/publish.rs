@@ -1,5 +1,5 @@
 //! `publish`: one event or a batch, in one transaction, with idempotency
-//! keys remembered for a day per stream.
+//! keys remembered for a day per stream and publishing key.
 
 use std::collections::{HashMap, HashSet};
 
@@ -73,6 +73,7 @@ pub(crate) async fn publish(
         sqlx::query_scalar(sql::IDEMPOTENCY_CLAIM)
             .bind(stream_id)
             .bind(&wanted)
+            .bind(key.id)
             .fetch_all(&mut *tx)
             .await
             .map_err(internal)?
@@ -86,6 +87,7 @@ pub(crate) async fn publish(
         sqlx::query_as(sql::IDEMPOTENCY_EXISTING)
             .bind(stream_id)
             .bind(&taken)
+            .bind(key.id)
             .fetch_all(&mut *tx)
             .await
             .map_err(internal)?
@@ -115,6 +117,7 @@ pub(crate) async fn publish(
             .bind(stream_id)
             .bind(&recorded_keys)
             .bind(&recorded_ids)
+            .bind(key.id)
             .execute(&mut *tx)
             .await
             .map_err(internal)?;

@@ -72,7 +72,7 @@ pub use stats::{
 };
 pub use subject::{check_name, check_pattern, check_subject, subject_matches};
 pub use subscriber::{
-    hostname, sub, BackoffFn, Credit, ShutdownReport, SubscriberEvent, SubscriberHandle, Subscription,
+    hostname, sub, BackoffFn, Credit, FetchLimit, ShutdownReport, SubscriberEvent, SubscriberHandle, Subscription,
 };
 pub use tasks::{
     cancel_task, cancel_tasks, count_tasks, discard_task, discard_tasks, get_task, list_tasks, retry_task, retry_tasks,

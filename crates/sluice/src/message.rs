@@ -24,6 +24,11 @@ pub(crate) const UNSETTLED: u8 = 0;
 pub(crate) const ACKED: u8 = 1;
 /// Settled inside the caller's transaction: done only if it commits.
 pub(crate) const SETTLED_IN_TX: u8 = 2;
+/// Left to its lease: the handler's `Ok` does not ack it (an error still
+/// fails the attempt). Set by [`Message::leave_to_lease`], and by a nack,
+/// defer or release that failed: the handler meant the task not to
+/// complete, so a failure to say so must not turn into an ack.
+pub(crate) const LEFT: u8 = 3;
 
 /// One task handed to a handler: the event (typed payload) and the task's
 /// attempt and priority.
@@ -32,7 +37,10 @@ pub(crate) const SETTLED_IN_TX: u8 = 2;
 /// schedules a retry. A handler may instead settle it explicitly, on the
 /// subscriber's pool ([`Message::ack`], [`Message::nack`], [`Message::defer`])
 /// or inside its own transaction ([`Message::ack_tx`], [`Message::nack_tx`],
-/// [`Message::defer_tx`]); then its return value no longer acks.
+/// [`Message::defer_tx`]); then its return value no longer acks. After a
+/// nack, defer or release that failed (or [`Message::leave_to_lease`]),
+/// `Ok` does not ack either: the task stays with this attempt until its
+/// lease ends, then comes back.
 pub struct Message<T> {
     pub(crate) task: TaskRef,
     pub(crate) subject: String,
@@ -151,7 +159,12 @@ impl<T> Message<T> {
                 self.settled.store(ACKED, Ordering::Release);
                 Ok(())
             }
-            Some(false) => Err(self.task.lost()),
+            Some(false) => {
+                // The caller is told the ack did not happen: returning `Ok`
+                // must not ack it after all.
+                self.leave_to_lease();
+                Err(self.task.lost())
+            }
             // The completer stopped (the subscriber is shutting down): ack directly.
             None => self.ack().await,
         }
@@ -183,7 +196,8 @@ impl<T> Message<T> {
     #[tracing::instrument(name = "sluice.nack", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt, requeue = nack.action.requeue().as_str()))]
     pub async fn nack(&self, nack: Nack) -> Result<TaskState, TaskError> {
         self.check_unsettled()?;
-        let state = self.task.nack_counted(&self.shared.pool, nack, Some(&self.shared.metrics)).await?;
+        let state = self.task.nack_counted(&self.shared.pool, nack, Some(&self.shared.metrics)).await;
+        let state = self.left_on_error(state)?;
         self.settled.store(ACKED, Ordering::Release);
         Ok(state)
     }
@@ -192,7 +206,8 @@ impl<T> Message<T> {
     #[tracing::instrument(name = "sluice.nack_tx", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt, requeue = nack.action.requeue().as_str()))]
     pub async fn nack_tx<'c>(&self, tx: impl Into<Db<'c>>, nack: Nack) -> Result<TaskState, TaskError> {
         self.check_unsettled()?;
-        let state = self.task.nack_counted(tx, nack, Some(&self.shared.metrics)).await?;
+        let state = self.task.nack_counted(tx, nack, Some(&self.shared.metrics)).await;
+        let state = self.left_on_error(state)?;
         self.settled.store(SETTLED_IN_TX, Ordering::Release);
         Ok(state)
     }
@@ -207,7 +222,8 @@ impl<T> Message<T> {
     #[tracing::instrument(name = "sluice.defer", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt))]
     pub async fn defer(&self, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
         self.check_unsettled()?;
-        let (due, wait_ms) = self.task.defer_at(&self.shared.pool, defer, Some(&self.shared.metrics)).await?;
+        let deferred = self.task.defer_at(&self.shared.pool, defer, Some(&self.shared.metrics)).await;
+        let (due, wait_ms) = self.left_on_error(deferred)?;
         self.shared.scheduled_in(wait_ms);
         self.settled.store(ACKED, Ordering::Release);
         Ok(due)
@@ -222,9 +238,18 @@ impl<T> Message<T> {
     /// For a handler that can neither finish its task nor fail it: the
     /// gateway releases the tasks of a client that went away. Fails with
     /// [`TaskError::LeaseLost`] when this attempt no longer holds it.
+    ///
+    /// When it fails, whatever the error, the task is left to its lease
+    /// ([`Message::leave_to_lease`]): returning `Ok` afterwards does not ack
+    /// it. Try again, or let the task come back when its lease ends.
     #[tracing::instrument(name = "sluice.release", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt))]
     pub async fn release(&self, reason: &str) -> Result<(), TaskError> {
         self.check_unsettled()?;
+        let released = self.release_once(reason).await;
+        self.left_on_error(released)
+    }
+
+    async fn release_once(&self, reason: &str) -> Result<(), TaskError> {
         check_text("reason", reason)?;
         let task = &self.task;
         let query = sqlx::query_as::<_, (i64, i64, i64)>(sql::RELEASE)
@@ -244,11 +269,33 @@ impl<T> Message<T> {
         Ok(())
     }
 
+    /// Ends this attempt's say over the task without settling it: returning
+    /// `Ok` from the handler no longer acks it (an error still fails the
+    /// attempt, as always). The task stays `running` under this attempt's
+    /// lease; once the handler has returned and the lease has ended, the
+    /// worker's heartbeat hands it back (or the rescuer, when the worker is
+    /// gone): available again, this attempt counted. For a handler that must neither complete its task nor fail
+    /// it and could not hand it back: the gateway leaves a gone client's task
+    /// so when its release cannot be written. A later ack, nack or defer of
+    /// this message still settles the task.
+    pub fn leave_to_lease(&self) {
+        let _ = self.settled.compare_exchange(UNSETTLED, LEFT, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// A nack, defer or release that failed leaves the task to its lease.
+    fn left_on_error<R>(&self, result: Result<R, TaskError>) -> Result<R, TaskError> {
+        if result.is_err() {
+            self.leave_to_lease();
+        }
+        result
+    }
+
     /// [`Message::defer`] inside the caller's transaction.
     #[tracing::instrument(name = "sluice.defer_tx", skip_all, fields(consumer = %self.task.consumer, event_id = self.task.event_id.0, attempt = self.task.attempt))]
     pub async fn defer_tx<'c>(&self, tx: impl Into<Db<'c>>, defer: Defer) -> Result<DateTime<Utc>, TaskError> {
         self.check_unsettled()?;
-        let (due, wait_ms) = self.task.defer_at(tx, defer, Some(&self.shared.metrics)).await?;
+        let deferred = self.task.defer_at(tx, defer, Some(&self.shared.metrics)).await;
+        let (due, wait_ms) = self.left_on_error(deferred)?;
         self.shared.scheduled_in(wait_ms);
         self.settled.store(SETTLED_IN_TX, Ordering::Release);
         Ok(due)

@@ -24,6 +24,7 @@ from .errors import (
     LeaseLost,
     ProtocolError,
     SluiceError,
+    Unavailable,
 )
 from .keys import generate_key, load_private_key, private_key_pem, public_key_b64
 
@@ -41,6 +42,7 @@ __all__ = [
     "SluiceError",
     "Subscription",
     "Task",
+    "Unavailable",
     "Welcome",
     "__version__",
     "generate_key",

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed as WebSocketClosed
+from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
 from ._version import __version__
@@ -33,6 +34,7 @@ from .errors import (
     GatewayError,
     ProtocolError,
     SluiceError,
+    Unavailable,
 )
 from .keys import PROTOCOL, public_key_b64, sign_login
 
@@ -82,7 +84,8 @@ class Event:
     urgent; the server's default is 1). ``deliver_at`` must be
     timezone-aware. An ``idempotency_key`` (1 to 200 characters) makes a
     retried publish safe: within 24 hours, the same key on the same stream
-    is stored once, and the retry is told the first event's id.
+    from the same gateway key is stored once, and the retry is told the
+    first event's id (another gateway key's idempotency keys are its own).
     """
 
     subject: str
@@ -356,18 +359,28 @@ class Client:
 
         Raises :class:`GatewayError` when the server refuses the login
         (``auth_failed`` for a key that is unknown, revoked or does not
-        verify; ``too_many_connections``), :class:`ConnectionClosed` when the
-        connection ends first, and :class:`TimeoutError` when the login takes
-        over ``open_timeout`` seconds.
+        verify; ``too_many_connections``), :class:`Unavailable` when the
+        server refuses the connection for now (too many logging in),
+        :class:`ConnectionClosed` when the connection ends first, and
+        :class:`TimeoutError` when the login takes over ``open_timeout``
+        seconds.
         """
-        websocket = await ws_connect(
-            url,
-            subprotocols=[Subprotocol(PROTOCOL)],
-            open_timeout=open_timeout,
-            # Deliveries carry payloads published by anyone, also through
-            # the Rust library, which has no frame limit: take them all.
-            max_size=None,
-        )
+        try:
+            websocket = await ws_connect(
+                url,
+                subprotocols=[Subprotocol(PROTOCOL)],
+                open_timeout=open_timeout,
+                # Deliveries carry payloads published by anyone, also through
+                # the Rust library, which has no frame limit: take them all.
+                max_size=None,
+            )
+        except InvalidStatus as e:
+            if e.response.status_code != 503:
+                raise
+            body = e.response.body.decode(errors="replace").strip()
+            raise Unavailable(
+                f"the server refused the connection for now (HTTP 503): {body}"
+            ) from None
         try:
             async with asyncio.timeout(open_timeout):
                 welcome = await _login(

@@ -94,6 +94,14 @@ class ConnectionClosed(SluiceError):
     """
 
 
+class Unavailable(ConnectionClosed):
+    """The server refused the connection for now, before the login (HTTP
+    503 to the WebSocket upgrade: too many connections are logging in,
+    ``--gateway-max-unauthenticated``). Nothing happened; connect again
+    shortly. A :class:`ConnectionClosed`, so code that reconnects on one
+    reconnects on this too."""
+
+
 class ProtocolError(SluiceError):
     """The server sent something that is not protocol ``sluice.v1``; the
     client closes the connection, as it can no longer trust what it reads."""

@@ -2,7 +2,8 @@
 -- dead-letters it; 'start' requeues it before everything queued (a negative
 -- position), 'end' after everything queued now. A requeue counts as an
 -- attempt: on the last one the task is discarded instead. The reason $6 joins
--- the task's errors and the audit log. No row: the attempt does not hold the task.
+-- the task's errors and the audit log; a requeue notifies the stream's
+-- subscribers. No row: the attempt does not hold the task.
 WITH nacked AS (
     UPDATE sluice.tasks t
     SET state = CASE WHEN $5 = 'discard' OR t.attempt >= c.max_attempts THEN 'discarded'
@@ -28,5 +29,12 @@ logged AS (
                 ELSE 'requeued_end' END::sluice.task_action,
            $6, priority, $4
     FROM nacked
+),
+woken AS (
+    -- A requeued task is available again: wake the stream's subscribers
+    -- (this one's too), which may be waiting for news with room to spare.
+    SELECT pg_notify('sluice.' || c.stream_id, '') FROM sluice.consumers c
+    WHERE c.id = $1 AND EXISTS (SELECT 1 FROM nacked WHERE state = 'available')
 )
-SELECT state::text AS state FROM nacked
+-- (woken is read so that it runs: a CTE that nothing reads is skipped.)
+SELECT state::text AS state FROM nacked WHERE (SELECT count(*) FROM woken) >= 0

@@ -5,13 +5,14 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 /// A limit on the tasks a subscriber holds (claimed and not yet settled),
 /// shared with whoever changes it: [`Subscription::credit`](crate::Subscription::credit).
 /// The subscriber claims only while it holds fewer, never more than its
-/// concurrency, and prefetches nothing beyond it; raising the credit wakes
-/// it at once. Lowering it below what is held takes nothing back: the
+/// concurrency, and prefetches nothing beyond it; changing the credit wakes
+/// it at once (a change is never missed, however it falls against the
+/// subscriber's loop). Lowering it below what is held takes nothing back: the
 /// subscriber claims again once enough are settled.
 ///
 /// ```
@@ -19,23 +20,30 @@ use tokio::sync::Notify;
 /// credit.add(5);
 /// assert_eq!(credit.get(), 15);
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Credit {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     limit: AtomicUsize,
-    raised: Notify,
+    /// Bumped at every change: each subscriber's receiver remembers the
+    /// last change it saw, so a change made while it was busy is seen when
+    /// it next waits (a `Notify::notify_waiters` would be lost then).
+    changes: watch::Sender<()>,
+}
+
+impl Default for Credit {
+    fn default() -> Credit {
+        Credit::new(0)
+    }
 }
 
 impl Credit {
     /// A credit of `n` tasks.
     pub fn new(n: usize) -> Credit {
-        let credit = Credit::default();
-        credit.inner.limit.store(n, Ordering::Release);
-        credit
+        Credit { inner: Arc::new(Inner { limit: AtomicUsize::new(n), changes: watch::Sender::new(()) }) }
     }
 
     /// How many tasks may be held now.
@@ -46,17 +54,17 @@ impl Credit {
     /// Allows `n` more.
     pub fn add(&self, n: usize) {
         self.inner.limit.fetch_add(n, Ordering::AcqRel);
-        self.inner.raised.notify_waiters();
+        self.inner.changes.send_replace(());
     }
 
     /// Sets the limit to `n`.
     pub fn set(&self, n: usize) {
         self.inner.limit.store(n, Ordering::Release);
-        self.inner.raised.notify_waiters();
+        self.inner.changes.send_replace(());
     }
 
-    /// Resolves when the credit changes next.
-    pub(crate) async fn changed(&self) {
-        self.inner.raised.notified().await;
+    /// The changes from now on, for one subscriber's loop.
+    pub(crate) fn changes(&self) -> watch::Receiver<()> {
+        self.inner.changes.subscribe()
     }
 }

@@ -117,6 +117,7 @@ where
         let mut maintaining: Option<JoinHandle<Result<Maintained, sqlx::Error>>> = None;
 
         let credit = self.sub.credit.clone();
+        let mut credit_changes = credit.as_ref().map(super::Credit::changes);
         loop {
             // With a credit, the tasks held (running and buffered) stay within it.
             let concurrency = credit.as_ref().map_or(concurrency, |c| c.get().min(concurrency));
@@ -156,10 +157,15 @@ where
                 None => room >= (batch / 2).max(1) || (room > 0 && buffer.is_empty()),
                 // With a credit (no prefetch), a task settled frees one place:
                 // claiming one at a time would cost a round trip each. Wait
-                // for a quarter of the credit, unless nothing is in hand.
+                // for a quarter of the credit, unless nothing is in hand or
+                // there is news (a notification, a follow-up, the poll, a
+                // change of credit): a task released or requeued while this
+                // subscriber had less room than that must not wait for two
+                // settles that may never come (issue 23). So a place freed by
+                // a settle waits at most for the next poll.
                 Some(_) => {
                     room >= (concurrency / 4).clamp(1, (batch / 2).max(1))
-                        || (room > 0 && buffer.is_empty() && running.is_empty())
+                        || (room > 0 && ((buffer.is_empty() && running.is_empty()) || dirty))
                 }
             };
             if fetching.is_none() && db_ok && worth_it && (dirty || !idle) {
@@ -171,7 +177,16 @@ where
                 };
                 asked = ask.tasks;
                 let shared = shared.clone();
-                let run = async move { fetcher::fetch(&shared, ask).await };
+                let limit = self.sub.fetch_limit.clone();
+                let run = async move {
+                    // In turn with the subscribers sharing the limit: the
+                    // wait holds no pool connection.
+                    let _turn = match &limit {
+                        Some(limit) => Some(limit.turn().await),
+                        None => None,
+                    };
+                    fetcher::fetch(&shared, ask).await
+                };
                 fetching = Some(tokio::spawn(run.in_current_span()));
                 dirty = false;
             }
@@ -237,6 +252,9 @@ where
                     match result {
                         Ok(done) => {
                             if done.freed {
+                                // Tasks came back (due, or rescued): look at once,
+                                // polling only or not, whatever room is left.
+                                dirty = true;
                                 idle = false;
                             }
                             if done.more {
@@ -269,7 +287,11 @@ where
                     idle = false;
                     next_tick = Instant::now() + self.sub.poll_interval;
                 }
-                _ = async { credit.as_ref().expect("guarded").changed().await }, if credit.is_some() => {}
+                _ = async { credit_changes.as_mut().expect("guarded").changed().await }, if credit_changes.is_some() => {
+                    // More room, perhaps: worth a look even below a quarter of the credit.
+                    dirty = true;
+                    idle = false;
+                }
                 _ = sleep_until(pause), if pause_until.is_some() => { pause_until = None; }
                 _ = sleep_until(next_run), if pause_until.is_none() && maintaining.is_none() => {}
             }

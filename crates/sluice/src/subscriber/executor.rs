@@ -144,7 +144,9 @@ where
                 return;
             }
             // Settled explicitly; with a `_tx` call the caller's commit
-            // decides, and if it rolled back the task comes back.
+            // decides, and if it rolled back the task comes back. Or left to
+            // its lease (a nack, defer or release that failed): no ack, no
+            // failure, the rescuer brings it back once the lease ends.
             Ok(Ok(Ok(()))) => None,
             Ok(Ok(Err(e))) => Some((e.message().to_string(), e.is_retryable())),
             Ok(Err(panic)) => Some((format!("handler panicked: {}", panic_message(&*panic)), true)),

@@ -18,6 +18,7 @@ mod completer;
 mod credit;
 mod driver;
 mod executor;
+mod fetch_limit;
 mod fetcher;
 mod keeper;
 mod maintenance;
@@ -55,6 +56,7 @@ use crate::pooler::on_pool;
 use crate::sql;
 
 pub use credit::Credit;
+pub use fetch_limit::FetchLimit;
 pub use subscription::{BackoffFn, Subscription};
 
 pub(crate) use registry::Registry;

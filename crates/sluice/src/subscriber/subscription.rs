@@ -55,6 +55,7 @@ pub struct Subscription {
     pub(crate) backoff: Option<BackoffFn>,
     pub(crate) wakeups: Wakeups,
     pub(crate) credit: Option<super::Credit>,
+    pub(crate) fetch_limit: Option<super::FetchLimit>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -131,6 +132,7 @@ impl Subscription {
             backoff: None,
             wakeups: Wakeups::Listen,
             credit: None,
+            fetch_limit: None,
         }
     }
 
@@ -145,6 +147,14 @@ impl Subscription {
     /// tasks on to a consumer that grants credit as it goes. See [`super::Credit`].
     pub fn credit(mut self, credit: super::Credit) -> Self {
         self.credit = Some(credit);
+        self
+    }
+
+    /// Fetches only in turn with the other subscribers sharing `limit`: at
+    /// most [`FetchLimit::size`](super::FetchLimit::size) of them fetch at once. For a process
+    /// that starts many subscribers on one pool (see [`super::FetchLimit`]).
+    pub fn fetch_limit(mut self, limit: super::FetchLimit) -> Self {
+        self.fetch_limit = Some(limit);
         self
     }
 
