@@ -1053,6 +1053,7 @@ async fn gateway_keys_are_managed_from_the_cli_and_serve_mounts_the_gateway() {
         ("--gateway-max-frame-bytes", "10", "--gateway-max-frame-bytes"),
         ("--gateway-settle-timeout", "0s", "at least 1s"),
         ("--gateway-auth-timeout", "soon", "--gateway-auth-timeout"),
+        ("--pool-size", "1", "--pool-size"),
     ] {
         let line = run_with_url(url, &["serve", "--listen", "127.0.0.1:0", flag, value]).await.failure(flag);
         assert!(line.contains(expect), "{flag} {value}: {line}");

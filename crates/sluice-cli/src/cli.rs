@@ -76,7 +76,13 @@ pub fn init_tracing(verbose: u8) {
 }
 
 pub async fn run(opt: Opt) -> Result<()> {
-    let pool = connect(opt.database_url.as_deref()).await?;
+    // A command is one client at a time; `sluice serve` is many (dashboard
+    // pages, scrapes, every gateway client's fetches and settles).
+    let pool_size = match &opt.command {
+        Command::Serve(args) => args.pool_size,
+        _ => 2,
+    };
+    let pool = connect(opt.database_url.as_deref(), pool_size).await?;
     let out = Out { json: opt.json };
     match opt.command {
         Command::Migrate(args) => crate::migrate::run(&pool, args.command).await,
@@ -92,7 +98,7 @@ pub async fn run(opt: Opt) -> Result<()> {
     }
 }
 
-async fn connect(url: Option<&str>) -> Result<PgPool> {
+async fn connect(url: Option<&str>, pool_size: u32) -> Result<PgPool> {
     let url =
         url.filter(|u| !u.trim().is_empty()).context("no database given: pass --database-url or set DATABASE_URL")?;
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -106,7 +112,10 @@ async fn connect(url: Option<&str>) -> Result<PgPool> {
         .map_err(|_| anyhow::anyhow!("cannot connect to the database: no answer within 10 s"))?
         .map_err(describe_connect_error)?;
     probe.close().await.ok();
-    Ok(PgPoolOptions::new().max_connections(2).acquire_timeout(Duration::from_secs(10)).connect_lazy_with(options))
+    Ok(PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options))
 }
 
 /// sqlx's connection errors are precise but nested; say what failed in one line.

@@ -40,6 +40,13 @@ pub struct ServeArgs {
     #[arg(long)]
     no_gateway: bool,
 
+    /// Database connections the server may hold at once, shared by the
+    /// dashboard, /metrics and the gateway (whose subscriptions' fetches
+    /// take turns on half of them, so that key checks, publishes and
+    /// heartbeats always find one).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub pool_size: u32,
+
     #[command(flatten)]
     gateway_limits: GatewayLimits,
 }
