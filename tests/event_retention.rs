@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice::{
-    create_consumer, create_stream, delete_consumer, publish, ConsumerOptions, NewEvent, Start, StreamOptions,
-    Subscription,
+    create_consumer, create_stream, delete_consumer, publish, set_event_partitioning, ConsumerOptions,
+    EventPartitioning, NewEvent, PartitioningChange, Start, StreamOptions, Subscription,
 };
 use sqlx::Connection as _;
 use support::{wait_until, TestDb};
@@ -25,22 +25,12 @@ async fn count(db: &TestDb, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap()
 }
 
-/// Small partitions, maintained at every housekeeping run, retention 1 s.
-/// The empty partition the migration made ahead (a million transaction ids)
-/// goes, so that the small ones are made from now on.
+/// Small partitions, maintained at every housekeeping run, retention 1 s:
+/// set through the library, which applies the span at once (the partition
+/// the migration made ahead, a million transaction ids, is cut).
 async fn setup(db: &TestDb) {
-    sqlx::raw_sql(
-        "UPDATE sluice.event_partitioning SET span = 20, every = '0';
-         DO $$ DECLARE p text; BEGIN
-             FOR p IN SELECT name FROM sluice.event_partitions WHERE name <> 'events_0' LOOP
-                 EXECUTE format('DROP TABLE sluice.%I', p);
-                 DELETE FROM sluice.event_partitions WHERE name = p;
-             END LOOP;
-         END $$;",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    let small = PartitioningChange::default().span(20).every(Duration::ZERO);
+    sluice::set_event_partitioning(&db.pool, small).await.unwrap();
     create_stream(&db.pool, "jobs", StreamOptions::default().event_retention(Duration::from_secs(1))).await.unwrap();
 }
 
@@ -233,4 +223,195 @@ async fn a_refill_reads_each_leased_event_once_however_stale_the_statistics() {
     tx.rollback().await.unwrap();
     assert_eq!(leased, 1_000);
     assert!(read <= 3 * leased, "{read} event rows read to lease {leased}");
+}
+
+/// The partition of transaction id `txid` is gone (the kept events'
+/// partition aside).
+async fn partition_dropped(db: &TestDb, txid: &str) -> bool {
+    sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM sluice.event_partitions
+                            WHERE lo <= $1::xid8 AND $1::xid8 < hi AND name ~ '^events_[0-9]+$')",
+    )
+    .bind(txid)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn txid_of(db: &TestDb, id: sluice::EventId) -> String {
+    sqlx::query_scalar("SELECT txid::text FROM sluice.events WHERE id = $1")
+        .bind(id.0)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// A dead letter outlives its event's partition: once every other event of
+/// the partition is past retention and the partition is dropped, the dead
+/// letter is still listed, shown with its event, and can be retried (its
+/// handler gets the event) or cancelled; the key it holds
+/// (`hold_key_on_dead_letter`) is released by either.
+#[tokio::test]
+async fn a_dead_letter_past_the_event_retention_stays_listed_retriable_and_cancellable() {
+    use sluice::{cancel_task, get_task, list_tasks, retry_task, task_event, TaskFilter, TaskState};
+    use std::collections::HashSet;
+
+    let db = TestDb::new().await;
+    setup(&db).await;
+    create_consumer(&db.pool, "jobs", "c", ConsumerOptions::default().hold_key_on_dead_letter()).await.unwrap();
+    // Events whose n is poisoned are dead-lettered; the others recorded.
+    let poisoned: Arc<Mutex<HashSet<i64>>> = Arc::new(Mutex::new(HashSet::from([1001, 1002])));
+    let seen: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let (p, s) = (poisoned.clone(), seen.clone());
+    let h = sluice::sub(
+        &db.pool,
+        Subscription::new("jobs", "c").poll_interval(Duration::from_millis(100)),
+        move |msg: sluice::Message<serde_json::Value>| {
+            let (p, s) = (p.clone(), s.clone());
+            async move {
+                let n = msg.payload()["n"].as_i64().unwrap();
+                if p.lock().unwrap().contains(&n) {
+                    return Err(sluice::HandlerError::discard("poisoned"));
+                }
+                s.lock().unwrap().push(n);
+                Ok(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let keyed = |n: i64, key: &str| job(n).key(key);
+    // Key "cancel": 1001 is dead-lettered, 1101 waits behind it.
+    // Key "retry": 1002 is dead-lettered, 1102 waits behind it.
+    let first = publish(&db.pool, "jobs", keyed(1001, "cancel")).await.unwrap();
+    publish(&db.pool, "jobs", keyed(1002, "retry")).await.unwrap();
+    let fillers = publish_each(&db, 40).await;
+    // A gap, so that the waiting events' partition (kept: they are pending)
+    // is not the fillers'.
+    publish_each(&db, 40).await;
+    publish(&db.pool, "jobs", keyed(1101, "cancel")).await.unwrap();
+    publish(&db.pool, "jobs", keyed(1102, "retry")).await.unwrap();
+    let first_txid = txid_of(&db, first).await;
+    // Keep transaction ids moving, so that partitions are sealed and dropped.
+    let mut more = 0;
+    while !partition_dropped(&db, &first_txid).await || stored(&db, &fillers).await > 0 {
+        assert!(more < 2_000, "the dead letters' partition and the fillers' are dropped past retention");
+        more += publish_each(&db, 5).await.len();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Listed, shown, with their events.
+    let dead =
+        list_tasks(&db.pool, "jobs", "c", &TaskFilter::default().state(TaskState::Discarded), 100, None).await.unwrap();
+    let partitions = sluice::list_event_partitions(&db.pool).await.unwrap();
+    assert!(
+        partitions.iter().any(|p| p.state == sluice::PartitionState::Kept),
+        "the dead letters' events are kept: {partitions:?}"
+    );
+    let dead_ids: Vec<i64> = dead.tasks.iter().map(|t| t.event_id.0).collect();
+    assert_eq!(dead_ids.len(), 2, "both dead letters listed: {dead_ids:?}");
+    let [cancel_id, retry_id] = [dead.tasks[0].event_id, dead.tasks[1].event_id];
+    assert_eq!(get_task(&db.pool, "jobs", "c", cancel_id).await.unwrap().state, TaskState::Discarded);
+    let event = task_event(&db.pool, "jobs", "c", retry_id).await.unwrap();
+    assert_eq!(event.payload, json!({ "n": 1002 }));
+    assert_eq!(event.key.as_deref(), Some("retry"));
+    // The keys are held: 1101 and 1102 have not run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!seen.lock().unwrap().iter().any(|n| *n > 1100), "the held keys' later events wait");
+
+    // Cancelled: the key goes on.
+    cancel_task(&db.pool, "jobs", "c", cancel_id, Some("given up")).await.unwrap();
+    assert_eq!(get_task(&db.pool, "jobs", "c", cancel_id).await.unwrap().state, TaskState::Cancelled);
+    wait_until(WAIT, "1101 runs once its key is released", || async { seen.lock().unwrap().contains(&1101) }).await;
+    // Retried: the handler gets the event, then the key goes on.
+    poisoned.lock().unwrap().clear();
+    retry_task(&db.pool, "jobs", "c", retry_id, Some("fixed")).await.unwrap();
+    wait_until(WAIT, "1002 runs again, then 1102", || async {
+        let seen = seen.lock().unwrap();
+        let at = |n| seen.iter().position(|m| *m == n);
+        matches!((at(1002), at(1102)), (Some(a), Some(b)) if a < b)
+    })
+    .await;
+    h.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The partition holding transaction id `txid` (a range partition, not the
+/// kept events').
+async fn partition_of(db: &TestDb, txid: &str) -> Option<sluice::EventPartition> {
+    let txid: i64 = txid.parse().unwrap();
+    sluice::list_event_partitions(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.state != sluice::PartitionState::Kept && p.from_txid <= txid && txid < p.to_txid)
+}
+
+/// A quiet database: a handful of transactions, never near the span of a
+/// million transaction ids. With the shortest partition age and a retention
+/// of 1 s, handled events go within retention + the partition age + the
+/// maintenance's runs (the partition is found written into, cut, sealed,
+/// then dropped, each at a run), set through the library alone.
+#[tokio::test]
+async fn on_a_quiet_database_handled_events_go_within_retention_plus_the_partition_age() {
+    let db = TestDb::new().await;
+    let (age, every, retention) = (EventPartitioning::MAX_AGE_MIN, Duration::from_secs(1), Duration::from_secs(1));
+    let set = set_event_partitioning(&db.pool, PartitioningChange::default().max_age(age).every(every)).await.unwrap();
+    assert_eq!((set.span, set.max_age, set.every), (EventPartitioning::SPAN_DEFAULT, age, every));
+    create_stream(&db.pool, "jobs", StreamOptions::default().event_retention(retention)).await.unwrap();
+    create_consumer(&db.pool, "jobs", "c", ConsumerOptions::default()).await.unwrap();
+    let seen: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let h = recorder(&db, "c", &seen).await;
+    let ids = publish_each(&db, 3).await;
+    wait_until(WAIT, "3 handled", || async { seen.lock().unwrap().len() == 3 }).await;
+    let bound = retention + age + 4 * every;
+    // The bound, and as much again for a busy test machine.
+    wait_until(2 * bound + Duration::from_secs(5), "the handled events gone", || async {
+        stored(&db, &ids).await == 0
+    })
+    .await;
+    h.shutdown(Duration::from_secs(5)).await;
+    let span = sluice::event_partitioning(&db.pool).await.unwrap().span;
+    assert_eq!(span, EventPartitioning::SPAN_DEFAULT, "partitions cut by age, not by span");
+}
+
+/// A transaction that began before a cut by age (it wrote a business row
+/// first, as the outbox pattern does) and publishes after it: its
+/// transaction id is below the cut, so its event lands in the cut
+/// partition, which stays unsealed (its events kept) while the transaction
+/// is open; the event is delivered once it commits, and then goes with its
+/// partition.
+#[tokio::test]
+async fn a_transaction_open_across_a_cut_by_age_publishes_into_the_cut_partition() {
+    let db = TestDb::new().await;
+    let change = PartitioningChange::default().max_age(EventPartitioning::MAX_AGE_MIN).every(Duration::ZERO);
+    set_event_partitioning(&db.pool, change).await.unwrap();
+    create_stream(&db.pool, "jobs", StreamOptions::default().event_retention(Duration::from_secs(1))).await.unwrap();
+    create_consumer(&db.pool, "jobs", "c", ConsumerOptions::default()).await.unwrap();
+    let seen: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let h = recorder(&db, "c", &seen).await;
+    let first = publish(&db.pool, "jobs", job(1)).await.unwrap();
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let txid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text").fetch_one(&mut *tx).await.unwrap();
+    wait_until(WAIT, "the partition cut by age", || async {
+        partition_of(&db, &txid).await.is_some_and(|p| p.state == sluice::PartitionState::Closing)
+    })
+    .await;
+    let second = publish(&mut *tx, "jobs", job(2)).await.unwrap();
+    // Past retention, many maintenance runs later: not sealed, nothing gone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cut = partition_of(&db, &txid).await.unwrap();
+    assert_eq!(cut.state, sluice::PartitionState::Closing, "{cut:?}");
+    assert_eq!(stored(&db, &[first.0]).await, 1, "the open transaction's partition keeps its events");
+    tx.commit().await.unwrap();
+
+    let landed: String = sqlx::query_scalar("SELECT tableoid::regclass::text FROM sluice.events WHERE id = $1")
+        .bind(second.0)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(landed, format!("sluice.{}", cut.name), "the event is in the cut partition");
+    wait_until(WAIT, "both delivered", || async { seen.lock().unwrap().len() == 2 }).await;
+    wait_until(WAIT, "then both gone", || async { stored(&db, &[first.0, second.0]).await == 0 }).await;
+    h.shutdown(Duration::from_secs(5)).await;
 }
