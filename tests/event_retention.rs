@@ -415,3 +415,92 @@ async fn a_transaction_open_across_a_cut_by_age_publishes_into_the_cut_partition
     wait_until(WAIT, "then both gone", || async { stored(&db, &[first.0, second.0]).await == 0 }).await;
     h.shutdown(Duration::from_secs(5)).await;
 }
+
+/// `sluice partitions …` as a user runs it: exit code, stdout, stderr.
+async fn sluice_cli(db: &TestDb, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(support::sluice_binary().await)
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .arg("--database-url")
+        .arg(&db.url)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `sluice partitions set` changes the span and the age, and the partitions
+/// made ahead follow at once; `sluice partitions list` shows them; bad
+/// values are one line naming the setting, and change nothing.
+#[tokio::test]
+async fn the_cli_sets_and_lists_the_partitioning() {
+    let db = TestDb::new().await;
+    let (code, stdout, stderr) = sluice_cli(&db, &["partitions", "set", "--span", "20", "--max-age", "1s"]).await;
+    assert_eq!((code, stderr.as_str()), (Some(0), ""), "{stdout}");
+    assert!(stdout.contains("span         20 transaction ids") && stdout.contains("max age      1s"), "{stdout}");
+
+    let (code, stdout, stderr) = sluice_cli(&db, &["--json", "partitions", "list"]).await;
+    assert_eq!((code, stderr.as_str()), (Some(0), ""), "{stdout}");
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed["settings"]["span"], 20);
+    assert_eq!(listed["settings"]["max_age_ms"], 1000);
+    let partitions = listed["partitions"].as_array().unwrap();
+    let ahead: Vec<_> = partitions.iter().filter(|p| p["state"] == "ahead").collect();
+    assert!(!ahead.is_empty(), "{partitions:?}");
+    for p in ahead {
+        assert_eq!(p["to_txid"].as_i64().unwrap() - p["from_txid"].as_i64().unwrap(), 20, "made again: {p}");
+    }
+    let current = partitions.iter().find(|p| p["state"] == "current").expect("a current partition");
+    assert!(current["to_txid"].as_i64().unwrap() - current["from_txid"].as_i64().unwrap() <= 40, "cut: {current}");
+    let (code, stdout, _) = sluice_cli(&db, &["partitions", "list"]).await;
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("PARTITION") && stdout.contains("ahead") && stdout.contains("current"), "{stdout}");
+
+    for (args, names) in [
+        (&["partitions", "set", "--max-age", "500ms"][..], "max_age"),
+        (&["partitions", "set", "--span", "0"][..], "span"),
+        (&["partitions", "set", "--every", "2h"][..], "every"),
+        (&["partitions", "set", "--max-age", "soon"][..], "--max-age"),
+    ] {
+        let (code, stdout, stderr) = sluice_cli(&db, args).await;
+        assert_eq!((code, stdout.as_str()), (Some(1), ""), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains(names), "{args:?}: {stderr}");
+    }
+    let now = sluice::event_partitioning(&db.pool).await.unwrap();
+    assert_eq!((now.span, now.max_age), (20, Duration::from_secs(1)), "nothing changed");
+}
+
+/// Bad settings are typed errors naming the setting; a row written by hand
+/// with an age below the floor is refused by the table.
+#[tokio::test]
+async fn bad_partitioning_settings_are_typed_errors_and_change_nothing() {
+    let db = TestDb::new().await;
+    let before = sluice::event_partitioning(&db.pool).await.unwrap();
+    assert_eq!(
+        (before.span, before.max_age, before.every),
+        (EventPartitioning::SPAN_DEFAULT, EventPartitioning::MAX_AGE_DEFAULT, EventPartitioning::EVERY_DEFAULT)
+    );
+    let century = Duration::from_secs(101 * 366 * 86_400);
+    for (change, name) in [
+        (PartitioningChange::default().span(0), "span"),
+        (PartitioningChange::default().span(EventPartitioning::SPAN_MAX + 1), "span"),
+        (PartitioningChange::default().max_age(Duration::from_millis(999)), "max_age"),
+        (PartitioningChange::default().max_age(century), "max_age"),
+        (PartitioningChange::default().every(Duration::from_secs(3601)), "every"),
+    ] {
+        match set_event_partitioning(&db.pool, change).await {
+            Err(sluice::Error::Invalid(sluice::InvalidInput::Setting { setting, .. })) => assert_eq!(setting, name),
+            other => panic!("expected a setting error for {name}, got {other:?}"),
+        }
+    }
+    assert_eq!(sluice::event_partitioning(&db.pool).await.unwrap(), before, "nothing changed");
+    let by_hand = sqlx::query("UPDATE sluice.event_partitioning SET max_age = '10 ms'").execute(&db.pool).await;
+    let e = by_hand.unwrap_err();
+    assert_eq!(e.as_database_error().and_then(|d| d.code()).as_deref(), Some("23514"), "{e}");
+}
