@@ -23,14 +23,15 @@ WHERE lo < pg_snapshot_xmax(pg_current_snapshot());
 
 -- 2. The kept events' partition (one at most, named events_kept, from 0 up
 --    to the partitions still in place): when a partition goes, the events
---    that a stored task still names (dead letters, cancelled tasks,
---    completed tasks kept for their retention) are copied into it, so that
---    such a task stays visible and can be retried or cancelled for its whole
+--    of dead letters and cancelled tasks are copied into it, so that such a
+--    task stays visible and can be retried or cancelled for its whole
 --    retention. Rewritten at each drop, without the events no task names
---    any more.
+--    any more. (Completed tasks kept by completed_retention do not keep
+--    their events: they cannot be acted on, and there may be millions.)
 ALTER TABLE sluice.event_partitions
     ADD COLUMN kept boolean NOT NULL DEFAULT false;
 
--- Finds, when a partition goes, the finished tasks whose events are kept.
-CREATE INDEX tasks_finished_event_idx ON sluice.tasks (event_txid, event_id)
-    WHERE state IN ('completed', 'discarded', 'cancelled');
+-- Finds, when a partition goes, the dead letters and cancelled tasks whose
+-- events are kept.
+CREATE INDEX tasks_set_aside_event_idx ON sluice.tasks (event_txid, event_id)
+    WHERE state IN ('discarded', 'cancelled');

@@ -512,3 +512,54 @@ async fn bad_partitioning_settings_are_typed_errors_and_change_nothing() {
     let e = by_hand.unwrap_err();
     assert_eq!(e.as_database_error().and_then(|d| d.code()).as_deref(), Some("23514"), "{e}");
 }
+
+/// Event `id` (of transaction `txid`) is in the kept events' partition,
+/// its own partition gone.
+async fn kept_past_its_partition(db: &TestDb, id: sluice::EventId, txid: &str) -> bool {
+    let kept: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sluice.events WHERE id = $1 AND tableoid::regclass::text = 'sluice.events_kept')",
+    )
+    .bind(id.0)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    kept && partition_dropped(db, txid).await
+}
+
+/// The kept events go with their dead letters: once a dead letter is
+/// purged (its consumer's dead retention), the next partition drop leaves
+/// its event out of the kept events' partition.
+#[tokio::test]
+async fn a_kept_event_goes_once_its_dead_letter_is_purged() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let options = ConsumerOptions::default().dead_retention(Duration::from_secs(3));
+    create_consumer(&db.pool, "jobs", "c", options).await.unwrap();
+    let h = sluice::sub(
+        &db.pool,
+        Subscription::new("jobs", "c").poll_interval(Duration::from_millis(100)),
+        |msg: sluice::Message<serde_json::Value>| async move {
+            match msg.payload()["n"].as_i64() {
+                Some(0) => Err(sluice::HandlerError::discard("poisoned")),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let dead = publish(&db.pool, "jobs", job(0)).await.unwrap();
+    let txid = txid_of(&db, dead).await;
+    // Transaction ids keep moving; the dead letter's partition goes, its
+    // event stays (kept), and once the dead letter is purged, it goes too.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut seen_kept = false;
+    while stored(&db, &[dead.0]).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the dead letter's event goes after its purge");
+        seen_kept |= kept_past_its_partition(&db, dead, &txid).await;
+        publish_each(&db, 5).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.shutdown(Duration::from_secs(5)).await;
+    assert!(seen_kept, "the event was kept past its partition while its dead letter lived");
+    assert_eq!(count(&db, "SELECT count(*) FROM sluice.tasks WHERE state = 'discarded'").await, 0, "purged");
+}

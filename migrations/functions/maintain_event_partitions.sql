@@ -26,12 +26,13 @@
 --    the longest event retention of any stream, below every consumer's
 --    position (every consumer has materialized them), and with no pending
 --    (available, scheduled, running, waiting) task of theirs. A lagging or paused
---    consumer holds them back; deleting it lets them go. The events that a
---    stored task still names (a dead letter, a cancelled task, a completed
---    one kept for its retention) move into the kept events' partition
+--    consumer holds them back; deleting it lets them go. The events of dead
+--    letters and cancelled tasks move into the kept events' partition
 --    (events_kept, from 0 to the partitions in place), which is written
---    anew at each drop without the events no task names any more: a dead
+--    anew at each drop with the events some task still names: a dead
 --    letter can be listed, retried and cancelled for its whole retention.
+--    (Completed tasks kept by completed_retention do not keep their events:
+--    nothing can be done with them, and there may be millions.)
 --
 -- SECURITY DEFINER: creating and dropping partitions needs the table owner's
 -- rights, which a least-privilege worker role does not have. It takes no
@@ -193,17 +194,18 @@ BEGIN
             SELECT k.hi::text::bigint INTO v_kept_hi FROM sluice.event_partitions k WHERE k.kept;
             IF v_kept_hi IS NOT NULL
                OR EXISTS (SELECT 1 FROM sluice.tasks t
-                          WHERE t.state IN ('completed', 'discarded', 'cancelled')
+                          WHERE t.state IN ('discarded', 'cancelled')
                             AND t.event_txid >= p.lo AND t.event_txid < p.hi)
             THEN
-                -- The events a stored task names: of this partition, those of
-                -- its finished tasks (none is pending); of the kept ones,
-                -- those any task still names.
+                -- The events kept: of this partition, those of its dead
+                -- letters and cancelled tasks (none is pending); of the kept
+                -- ones, those any task still names (a dead letter retried
+                -- since is pending, or completed).
                 CREATE TEMPORARY TABLE sluice_kept_events ON COMMIT DROP AS
                 SELECT e.* FROM sluice.events e
                 WHERE e.txid >= p.lo AND e.txid < p.hi
                   AND (e.txid, e.id) IN (SELECT t.event_txid, t.event_id FROM sluice.tasks t
-                                         WHERE t.state IN ('completed', 'discarded', 'cancelled')
+                                         WHERE t.state IN ('discarded', 'cancelled')
                                            AND t.event_txid >= p.lo AND t.event_txid < p.hi)
                 UNION ALL
                 SELECT e.* FROM sluice.events e

@@ -60,8 +60,9 @@ impl StreamOptions {
     ///   transaction left open while its partition is closed delays this
     ///   until it ends;
     /// - a lagging or paused consumer holds back what it has not
-    ///   materialized, and the events of dead letters, cancelled tasks and
-    ///   completed tasks kept by their retention stay as long as the task.
+    ///   materialized, and the events of dead letters and cancelled tasks
+    ///   stay as long as the task (so it can be listed, retried and
+    ///   cancelled for its whole dead retention).
     ///
     /// Change the partition age with [`crate::set_event_partitioning`] or
     /// `sluice partitions set --max-age`.

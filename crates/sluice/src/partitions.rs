@@ -214,7 +214,7 @@ pub enum PartitionState {
     /// retention and needed by nobody.
     Sealed,
     /// The kept events' partition: the events whose partition was dropped
-    /// but that a stored task (a dead letter, say) still names.
+    /// but that a dead letter or a cancelled task still names.
     Kept,
 }
 
