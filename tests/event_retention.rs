@@ -354,9 +354,9 @@ async fn partition_of(db: &TestDb, txid: &str) -> Option<sluice::EventPartition>
 
 /// A quiet database: a handful of transactions, never near the span of a
 /// million transaction ids. With the shortest partition age and a retention
-/// of 1 s, handled events go within retention + the partition age + the
-/// maintenance's runs (the partition is found written into, cut, sealed,
-/// then dropped, each at a run), set through the library alone.
+/// of 1 s, handled events go within retention + the partition age + three
+/// maintenance intervals (the partition is found written into; cut and
+/// sealed; dropped), set through the library alone.
 #[tokio::test]
 async fn on_a_quiet_database_handled_events_go_within_retention_plus_the_partition_age() {
     let db = TestDb::new().await;
@@ -370,11 +370,11 @@ async fn on_a_quiet_database_handled_events_go_within_retention_plus_the_partiti
     let ids = publish_each(&db, 3).await;
     wait_until(WAIT, "3 handled", || async { seen.lock().unwrap().len() == 3 }).await;
     let handled = tokio::time::Instant::now();
-    // The bound is retention + age + 4 maintenance runs (6 s here); the wait
+    // The bound is retention + age + 3 maintenance intervals (5 s here); the wait
     // allows for a busy shared cluster, where any open transaction delays
     // the seal. Before partitions were closed by age, these events stayed
     // until a million transaction ids had gone by.
-    let bound = retention + age + 4 * every;
+    let bound = retention + age + 3 * every;
     wait_until(bound + WAIT, "the handled events gone", || async { stored(&db, &ids).await == 0 }).await;
     eprintln!("handled events gone {:?} after they were handled (bound {bound:?})", handled.elapsed());
     h.shutdown(Duration::from_secs(5)).await;

@@ -8,7 +8,8 @@
 -- to do.
 --
 -- 1. Seals the partitions that no transaction can write into any more
---    (their upper bound is below every running transaction's id).
+--    (their upper bound is below every running transaction's id but this
+--    one's, which writes no event).
 -- 2. Cuts the partition new transactions write into at the next transaction
 --    id, when it has been written into for longer than the partition age
 --    (event_partitioning.max_age, never less than a hundredth of the longest
@@ -16,7 +17,8 @@
 --    one span from here (the span was made shorter). Every transaction
 --    still running has a smaller id, so whatever it writes later still
 --    falls into the cut partition, which is sealed once they have all
---    ended; new transactions write into the partitions after the cut.
+--    ended (at once, when none is running); new transactions write into
+--    the partitions after the cut.
 --    The partitions made ahead (nobody has written into them) are made
 --    again with the current span whenever it changed.
 -- 3. Moves rows that landed in the default partition (housekeeping fell
@@ -76,8 +78,12 @@ BEGIN
         RETURN;
     END IF;
 
+    -- Sealed: every transaction with a smaller id than the partition's end
+    -- has ended (this one aside: it writes no event).
     UPDATE sluice.event_partitions SET sealed_at = now()
-    WHERE sealed_at IS NULL AND hi <= pg_snapshot_xmin(pg_current_snapshot());
+    WHERE sealed_at IS NULL AND hi <= pg_snapshot_xmax(pg_current_snapshot())
+      AND NOT EXISTS (SELECT 1 FROM pg_snapshot_xip(pg_current_snapshot()) AS running (xid)
+                      WHERE running.xid < hi);
 
     SELECT max(hi::text::bigint) INTO v_top FROM sluice.event_partitions;
     IF v_top IS NULL THEN
@@ -147,6 +153,12 @@ BEGIN
                     EXECUTE format('ALTER TABLE sluice.events ATTACH PARTITION sluice.%I FOR VALUES FROM (%L) TO (%L)',
                                    p.name, p.lo, v_next);
                     UPDATE sluice.event_partitions SET hi = v_next::text::xid8 WHERE name = p.name;
+                    -- On a quiet database nothing older is still running:
+                    -- sealed at once.
+                    UPDATE sluice.event_partitions SET sealed_at = now()
+                    WHERE name = p.name
+                      AND NOT EXISTS (SELECT 1 FROM pg_snapshot_xip(pg_current_snapshot()) AS running (xid)
+                                      WHERE running.xid < v_next::text::xid8);
                 END IF;
                 SELECT max(hi::text::bigint) INTO v_top FROM sluice.event_partitions;
             END IF;
@@ -174,7 +186,9 @@ BEGIN
             EXECUTE format('CREATE TABLE sluice.%I PARTITION OF sluice.events FOR VALUES FROM (%L) TO (%L)',
                            v_name, v_top, v_hi);
             INSERT INTO sluice.event_partitions (name, lo, hi, opened_at)
-            VALUES (v_name, v_top::text::xid8, v_hi::text::xid8, CASE WHEN v_top < v_next THEN now() END);
+            -- One that starts at the next transaction id (after a cut) is
+            -- written into from now on.
+            VALUES (v_name, v_top::text::xid8, v_hi::text::xid8, CASE WHEN v_top <= v_next THEN now() END);
             v_top := v_hi;
             created := created + 1;
         END LOOP;

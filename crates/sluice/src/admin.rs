@@ -51,8 +51,8 @@ impl StreamOptions {
     ///
     /// - an event is kept at least R after it was written;
     /// - once handled by every consumer (no pending task, every consumer's
-    ///   position past it), it is gone within R + the partition age + four
-    ///   runs of the partitions' maintenance, while some subscriber runs
+    ///   position past it), it is gone within R + the partition age + three
+    ///   intervals of the partitions' maintenance, while some subscriber runs
     ///   (or `sluice cleanup` is run). The partition age is
     ///   [`crate::EventPartitioning::max_age`] (default 1 hour, at least
     ///   1 s), or a hundredth of R when that is longer; the maintenance runs
