@@ -12,6 +12,7 @@ use crate::consumer::ConsumerArgs;
 use crate::gateway::GatewayArgs;
 use crate::migrate::MigrateArgs;
 use crate::output::Out;
+use crate::partitions::PartitionsArgs;
 use crate::publish::PublishArgs;
 use crate::serve::ServeArgs;
 use crate::stats::StatsArgs;
@@ -57,6 +58,8 @@ enum Command {
     Workers(WorkersArgs),
     /// Run the subscribers' housekeeping by hand (retention, lost leases, due tasks).
     Cleanup(CleanupArgs),
+    /// The events' partitions: list them, set their span and age.
+    Partitions(PartitionsArgs),
     /// Serve the web dashboard, the gateway, /metrics (Prometheus) and /healthz over HTTP.
     Serve(ServeArgs),
     /// The gateway's client keys (docs/GATEWAY.md).
@@ -93,6 +96,7 @@ pub async fn run(opt: Opt) -> Result<()> {
         Command::Stats(args) => crate::stats::run(&pool, out, args).await,
         Command::Workers(args) => crate::workers::run(&pool, out, args).await,
         Command::Cleanup(args) => crate::cleanup::run(&pool, out, args).await,
+        Command::Partitions(args) => crate::partitions::run(&pool, out, args).await,
         Command::Serve(args) => crate::serve::run(&pool, args).await,
         Command::Gateway(args) => crate::gateway::run(&pool, out, args).await,
     }

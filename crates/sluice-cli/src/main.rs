@@ -8,6 +8,7 @@ mod consumer;
 mod gateway;
 mod migrate;
 mod output;
+mod partitions;
 mod publish;
 mod serve;
 mod stats;

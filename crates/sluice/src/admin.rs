@@ -17,7 +17,8 @@ use crate::subject::{check_name, check_pattern, MAX_PATTERNS};
 pub struct Stream {
     /// The stream's name.
     pub name: String,
-    /// How long events are kept.
+    /// How long events are kept (see [`StreamOptions::event_retention`] for
+    /// what is guaranteed).
     pub event_retention: Duration,
     /// When the stream was created.
     pub created_at: DateTime<Utc>,
@@ -41,7 +42,30 @@ impl Default for StreamOptions {
 }
 
 impl StreamOptions {
-    /// How long events are kept (default 7 days).
+    /// How long events are kept (default 7 days, more than zero).
+    ///
+    /// Events are stored in partitions of `sluice.events` shared by every
+    /// stream and dropped whole, never row by row (docs/OPERATIONS.md,
+    /// "Event partitions"). What is guaranteed, with R the longest event
+    /// retention of any stream (this one's, when it is the longest):
+    ///
+    /// - an event is kept at least R after it was written;
+    /// - once handled by every consumer (no pending task, every consumer's
+    ///   position past it), it is gone within R + the partition age + three
+    ///   intervals of the partitions' maintenance, while some subscriber runs
+    ///   (or `sluice cleanup` is run). The partition age is
+    ///   [`crate::EventPartitioning::max_age`] (default 1 hour, at least
+    ///   1 s), or a hundredth of R when that is longer; the maintenance runs
+    ///   every [`crate::EventPartitioning::every`] (default 5 s). A
+    ///   transaction left open while its partition is closed delays this
+    ///   until it ends;
+    /// - a lagging or paused consumer holds back what it has not
+    ///   materialized, and the events of dead letters and cancelled tasks
+    ///   stay as long as the task (so it can be listed, retried and
+    ///   cancelled for its whole dead retention).
+    ///
+    /// Change the partition age with [`crate::set_event_partitioning`] or
+    /// `sluice partitions set --max-age`.
     pub fn event_retention(mut self, retention: Duration) -> Self {
         self.event_retention = retention;
         self

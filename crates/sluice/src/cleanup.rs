@@ -37,7 +37,8 @@ pub struct CleanupReport {
     pub dry_run: bool,
     /// Per consumer, by stream and name.
     pub consumers: Vec<Cleanup>,
-    /// Event partitions dropped past retention (or that would be).
+    /// Event partitions dropped past retention (or that would be); the kept
+    /// events' partition is never among them.
     pub event_partitions_dropped: i64,
 }
 
@@ -54,8 +55,11 @@ struct PreviewRow {
 }
 
 /// Runs the housekeeping every subscriber runs for its consumer, for every
-/// consumer, until nothing is left to do; then the event partitions. With
-/// `dry_run`, counts what it would do and changes nothing.
+/// consumer, until nothing is left to do; then the event partitions' maintenance
+/// (the partition written into closed once past its span or age, partitions
+/// sealed, made ahead, and dropped past retention, the events of dead
+/// letters and cancelled tasks kept; see [`crate::set_event_partitioning`]).
+/// With `dry_run`, counts what it would do and changes nothing.
 ///
 /// Subscribers do this on their own: this is for a queue whose subscribers
 /// are stopped (dead letters and logs past retention still go), or to see

@@ -42,6 +42,7 @@ mod ids;
 mod message;
 pub mod metrics;
 mod migrate;
+mod partitions;
 mod pooler;
 mod publish;
 mod sql;
@@ -64,6 +65,10 @@ pub use error::{Error, InvalidInput, MigrateError, TaskError};
 pub use ids::{EventId, Priority, TaskState, WorkerId};
 pub use message::{Defer, HandlerError, Message, Nack, TaskRef};
 pub use migrate::{migrate, migrate_down, migration_status, MigrationStatus, Steps};
+pub use partitions::{
+    event_partitioning, list_event_partitions, set_event_partitioning, EventPartition, EventPartitioning,
+    PartitionState, PartitioningChange,
+};
 pub use pooler::{pooling, set_pooling, Db, Pooling};
 pub use publish::{publish, publish_batch, set_notify_interval, NewEvent, MAX_PAYLOAD_BYTES, NOTIFY_INTERVAL};
 pub use stats::{

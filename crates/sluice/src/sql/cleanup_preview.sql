@@ -4,7 +4,9 @@
 -- retention (completed tasks, dead letters, audit-log entries); and, as
 -- consumer null, the event partitions that would be dropped (sealed longer
 -- ago than the longest event retention, below every consumer's position, no
--- pending task; oldest first, stopping at the first that must stay).
+-- pending task; oldest first, stopping at the first that must stay; the
+-- kept events' partition, which holds the events of dead letters and other
+-- stored tasks whose partitions went, is never dropped).
 SELECT s.name AS stream, c.name AS consumer,
        (SELECT count(*) FROM sluice.tasks d
         WHERE d.consumer_id = c.id AND d.state = 'scheduled' AND d.schedule_at <= now()) AS due,
@@ -36,6 +38,6 @@ FROM (
                                  AND t.event_txid >= p.lo AND t.event_txid < p.hi))
                OVER (ORDER BY p.lo) AS droppable
     FROM sluice.event_partitions p
-    WHERE p.sealed_at IS NOT NULL
+    WHERE p.sealed_at IS NOT NULL AND NOT p.kept
 ) d
 ORDER BY 1 NULLS LAST, 2
