@@ -63,6 +63,12 @@ pub async fn run(pool: &PgPool, out: Out, args: StatsArgs) -> Result<()> {
     }
 }
 
+/// A count of `sluice stats` as printed: `3`, `≥10000` (counted up to the
+/// cap and stopped) or `≈9999016` (estimated past the cap).
+pub(crate) fn figure(c: &sluice::ConsumerStats, figure: Figure) -> String {
+    format!("{}{}", c.accuracy(figure).mark(), c.count(figure))
+}
+
 fn render(stats: &sluice::QueueStats) -> String {
     let mut t = table([
         "STREAM", "CONSUMER", "EVENTS", "LAG", "LAG AGE", "SCHED", "WAIT", "AVAIL", "RUN", "DEAD", "CANCEL",
@@ -77,7 +83,7 @@ fn render(stats: &sluice::QueueStats) -> String {
             workers.push_str(&format!(", {} gone", c.workers_gone));
         }
         let consumer = if c.paused { format!("{} (paused)", c.consumer) } else { c.consumer.clone() };
-        let n = |figure: Figure| format!("{}{}", c.accuracy(figure).mark(), c.count(figure));
+        let n = |f: Figure| figure(c, f);
         t.add_row([
             c.stream.clone(),
             consumer,

@@ -42,6 +42,7 @@ pub(crate) const CLEANUP_PREVIEW: &str = include_str!("sql/cleanup_preview.sql")
 pub(crate) const CONSUMER_IDS: &str = include_str!("sql/consumer_ids.sql");
 pub(crate) const EVENT_PARTITIONS_DUE: &str = include_str!("sql/event_partitions_due.sql");
 pub(crate) const CONSUMER_STATS: &str = include_str!("sql/consumer_stats.sql");
+pub(crate) const STATS_SETTINGS: &str = include_str!("sql/stats_settings.sql");
 pub(crate) const THROUGHPUT: &str = include_str!("sql/throughput.sql");
 pub(crate) const GATEWAY_CLIENT_LIST: &str = include_str!("sql/gateway_client_list.sql");
 pub(crate) const XMIN_HORIZON: &str = include_str!("sql/xmin_horizon.sql");

@@ -429,10 +429,19 @@ pub async fn queue_stats(pool: &PgPool, stream: Option<&str>, consumer: Option<&
         }
     }
     let cap = STATS_COUNT_CAP;
-    let rows: Vec<StatsRow> =
-        on_pool!(pool, sqlx::query_as(sql::CONSUMER_STATS).bind(stream).bind(consumer).bind(cap), fetch_all)
-            .await
-            .map_err(Error::db)?;
+    // Unnamed statements: a transaction-mode pooler may run the next
+    // transaction on another server connection.
+    let mut tx = pool.begin().await.map_err(Error::db)?;
+    sqlx::query(sql::STATS_SETTINGS).persistent(false).execute(&mut *tx).await.map_err(Error::db)?;
+    let rows: Vec<StatsRow> = sqlx::query_as(sql::CONSUMER_STATS)
+        .bind(stream)
+        .bind(consumer)
+        .bind(cap)
+        .persistent(false)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(Error::db)?;
+    tx.commit().await.map_err(Error::db)?;
     let consumers = rows.into_iter().map(|r| r.into_stats(cap)).collect();
     let database = database_health(pool).await?;
     Ok(QueueStats { consumers, count_cap: cap, database })
@@ -513,4 +522,18 @@ pub async fn database_health(pool: &PgPool) -> Result<DatabaseHealth, Error> {
         autovacuum: storage.autovacuum,
         dead_rows: storage.tables.into_iter().map(|t| (t.table_name, t.dead_rows)).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{figure, Accuracy};
+
+    #[test]
+    fn a_count_that_reached_the_cap_is_estimated_only_when_the_estimate_agrees() {
+        assert_eq!(figure(3, false, None), (3, Accuracy::Exact));
+        assert_eq!(figure(10_000, true, Some(9_999_016)), (9_999_016, Accuracy::Estimated));
+        // No statistics, or statistics older than the backlog: a lower bound.
+        assert_eq!(figure(10_000, true, None), (10_000, Accuracy::AtLeast));
+        assert_eq!(figure(10_000, true, Some(250)), (10_000, Accuracy::AtLeast));
+    }
 }

@@ -12,7 +12,13 @@
 -- without statistics) for stats.rs to report as estimated or "at least".
 -- Each state has an index of its own whose rows are exactly that state's:
 -- tasks_claim_idx, tasks_schedule_idx, tasks_lease_idx, tasks_key_waiting_idx
--- and tasks_finished_state_idx. The plans, on 10,000,000 tasks, are in
+-- and tasks_finished_state_idx. Each read is ordered as its index is, and
+-- runs with sorting off (stats_settings.sql), so that the plan walks the
+-- index and stops at the cap whatever the estimates: the consumer of the
+-- lateral is a parameter, so the planner only knows the average consumer,
+-- and would scan the table for a count it thinks is most of it (measured:
+-- 0.5 s for a consumer with no task beside one with 10,000,000), or, with
+-- no statistics, read every task through a bitmap and sort them. The plans, on 10,000,000 tasks, are in
 -- docs/BENCHMARKS.md ("The queue's figures on a backlog").
 SELECT s.name AS stream, c.name AS consumer, c.paused,
        ev.events, CASE WHEN ev.events >= $3 THEN sluice.estimated_events(c.stream_id, '0') END AS events_estimate,
@@ -38,7 +44,8 @@ SELECT s.name AS stream, c.name AS consumer, c.paused,
 FROM sluice.consumers c
 JOIN sluice.streams s ON s.id = c.stream_id
 CROSS JOIN LATERAL (
-    SELECT count(*) AS events FROM (SELECT FROM sluice.events e WHERE e.stream_id = c.stream_id LIMIT $3) x
+    SELECT count(*) AS events
+    FROM (SELECT FROM sluice.events e WHERE e.stream_id = c.stream_id ORDER BY e.txid, e.id LIMIT $3) x
 ) ev
 LEFT JOIN LATERAL (
     -- The newest transaction's last event: partitions are ranges of txid,
@@ -63,9 +70,11 @@ CROSS JOIN LATERAL (
                                        AND (c.exclude_regex IS NULL OR x.subject !~ c.exclude_regex)
                                        AND (c.start_from IS NULL OR x.created_at >= c.start_from)
                                        AND (c.start_event IS NULL OR x.id >= c.start_event)) AS oldest_at
-    FROM ((SELECT e.txid, e.id, e.subject, e.created_at FROM sluice.events e
-           WHERE e.stream_id = c.stream_id
-             AND e.txid = ANY (ARRAY(SELECT pg_snapshot_xip(c.position)))
+    FROM ((SELECT e.txid, e.id, e.subject, e.created_at
+           FROM pg_snapshot_xip(c.position) AS xip (txid)
+           CROSS JOIN LATERAL (SELECT e.txid, e.id, e.subject, e.created_at FROM sluice.events e
+                               WHERE e.stream_id = c.stream_id AND e.txid = xip.txid
+                               ORDER BY e.id LIMIT $3) e
            LIMIT $3)
           UNION ALL
           (SELECT e.txid, e.id, e.subject, e.created_at FROM sluice.events e
@@ -76,7 +85,8 @@ CROSS JOIN LATERAL (
 ) lag
 CROSS JOIN LATERAL (
     SELECT count(*) AS n, min(x.created_at) AS oldest_at
-    FROM (SELECT t.created_at FROM sluice.tasks t WHERE t.consumer_id = c.id AND t.state = 'available' LIMIT $3) x
+    FROM (SELECT t.created_at FROM sluice.tasks t WHERE t.consumer_id = c.id AND t.state = 'available'
+          ORDER BY t.priority DESC, t.position LIMIT $3) x
 ) av
 CROSS JOIN LATERAL (
     SELECT min(h.created_at) AS oldest_at
@@ -88,22 +98,28 @@ CROSS JOIN LATERAL (
     ) h
 ) heads
 CROSS JOIN LATERAL (
-    SELECT count(*) AS n FROM (SELECT FROM sluice.tasks t WHERE t.consumer_id = c.id AND t.state = 'scheduled' LIMIT $3) x
+    SELECT count(*) AS n FROM (SELECT FROM sluice.tasks t WHERE t.consumer_id = c.id AND t.state = 'scheduled'
+                                  ORDER BY t.schedule_at LIMIT $3) x
 ) sc
 CROSS JOIN LATERAL (
-    SELECT count(*) AS n FROM (SELECT FROM sluice.tasks t WHERE t.consumer_id = c.id AND t.state = 'waiting' LIMIT $3) x
+    SELECT count(*) AS n FROM (SELECT FROM sluice.tasks t WHERE t.consumer_id = c.id AND t.state = 'waiting'
+                                  ORDER BY t.key, t.event_id LIMIT $3) x
 ) wa
 CROSS JOIN LATERAL (
-    SELECT count(*) AS n FROM (SELECT FROM sluice.tasks t WHERE t.consumer_id = c.id AND t.state = 'running' LIMIT $3) x
+    SELECT count(*) AS n FROM (SELECT FROM sluice.tasks t WHERE t.consumer_id = c.id AND t.state = 'running'
+                                  ORDER BY t.lease_until LIMIT $3) x
 ) ru
 CROSS JOIN LATERAL (
-    SELECT count(*) AS n FROM (SELECT FROM sluice.tasks t WHERE t.consumer_id = c.id AND t.state = 'completed' LIMIT $3) x
+    SELECT count(*) AS n FROM (SELECT FROM sluice.tasks t WHERE t.consumer_id = c.id AND t.state = 'completed'
+                                  ORDER BY t.event_id LIMIT $3) x
 ) co
 CROSS JOIN LATERAL (
-    SELECT count(*) AS n FROM (SELECT FROM sluice.tasks t WHERE t.consumer_id = c.id AND t.state = 'discarded' LIMIT $3) x
+    SELECT count(*) AS n FROM (SELECT FROM sluice.tasks t WHERE t.consumer_id = c.id AND t.state = 'discarded'
+                                  ORDER BY t.event_id LIMIT $3) x
 ) di
 CROSS JOIN LATERAL (
-    SELECT count(*) AS n FROM (SELECT FROM sluice.tasks t WHERE t.consumer_id = c.id AND t.state = 'cancelled' LIMIT $3) x
+    SELECT count(*) AS n FROM (SELECT FROM sluice.tasks t WHERE t.consumer_id = c.id AND t.state = 'cancelled'
+                                  ORDER BY t.event_id LIMIT $3) x
 ) ca
 CROSS JOIN LATERAL (
     SELECT coalesce(sum(w.completed_last_minute) FILTER (WHERE NOT w.gone), 0)::bigint AS completed_last_minute,
