@@ -9,7 +9,7 @@
 -- states, so counting the dead letters of a consumer that keeps millions
 -- of completed tasks would read them all. Finished tasks only: the claim
 -- (available to running) and a default ack (a delete) never touch it.
-CREATE INDEX tasks_finished_state_idx ON sluice.tasks (consumer_id, state)
+CREATE INDEX tasks_finished_state_idx ON sluice.tasks (consumer_id, state, event_id)
     WHERE state IN ('completed', 'discarded', 'cancelled');
 
 -- Lets the planner estimate a consumer's tasks in a state from the
