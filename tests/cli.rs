@@ -131,8 +131,14 @@ async fn migrate_up_status_down_all_and_up_again() {
     };
     let latest = newest().await.expect("migrations applied");
     assert!(latest > 1, "more than one migration to revert");
+    // The one before it (numbers may have gaps while branches are merged).
+    let previous: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM sluice._migrations WHERE version < $1")
+        .bind(latest)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     run_with_url(&db.url, &["migrate", "down"]).await.success("down");
-    assert_eq!(newest().await, Some(latest - 1), "plain down reverts one migration");
+    assert_eq!(newest().await, previous, "plain down reverts one migration");
 }
 
 #[tokio::test]
