@@ -936,6 +936,32 @@ async fn stats_count_up_to_a_cap_and_say_what_is_estimated_past_it() {
     server.wait().await.unwrap();
 }
 
+#[tokio::test]
+async fn the_lag_of_a_consumer_part_way_through_a_window_is_what_is_left_of_it() {
+    // A consumer catching up works through a window of events in chunks
+    // (fetch_v2): the ones it has done are not lag, however many there are
+    // (more than the count's cap here), and do not use up the count.
+    let db = TestDb::new().await;
+    sluice::create_stream(&db.pool, "orders", sluice::StreamOptions::default()).await.unwrap();
+    for consumer in ["billing", "ledger"] {
+        sluice::create_consumer(&db.pool, "orders", consumer, sluice::ConsumerOptions::default()).await.unwrap();
+    }
+    support::backlog(&db.pool, "orders", 12_000, "ledger").await;
+    // Billing is part way through its window: 11,000 of the 12,000 done.
+    sqlx::query(
+        "UPDATE sluice.consumers c SET window_end = pg_current_snapshot(), window_txid = e.txid, window_id = e.id
+         FROM (SELECT txid, id FROM sluice.events ORDER BY txid, id OFFSET 10999 LIMIT 1) e
+         WHERE c.name = 'billing'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let stats = run_with_url(&db.url, &["--json", "stats", "orders", "billing"]).await.json("stats");
+    let billing = &stats["consumers"][0];
+    assert_eq!(billing["lag_events"], 1000, "{stats}");
+    assert!(billing["inexact"].get("lag_events").is_none(), "counted, exactly: {stats}");
+}
+
 /// Starts `sluice serve` on a free port with `args` after `serve` and `env`
 /// set; returns the process and the address it says it listens on.
 async fn start_serve(url: &str, args: &[&str], env: &[(&str, &str)]) -> (tokio::process::Child, String) {

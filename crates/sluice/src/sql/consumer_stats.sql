@@ -24,8 +24,14 @@ SELECT s.name AS stream, c.name AS consumer, c.paused,
        ev.events, CASE WHEN ev.events >= $3 THEN sluice.estimated_events(c.stream_id, '0') END AS events_estimate,
        last.created_at AS last_event_at,
        lag.events AS lag_events, lag.examined >= $3 AS lag_capped,
+       -- Past the cap: the matching share of the events examined, times the
+       -- estimate of the events from the position's xmax (or the window's
+       -- point, when it is further).
        CASE WHEN lag.examined >= $3
-            THEN sluice.estimated_events(c.stream_id, pg_snapshot_xmax(c.position)) * lag.events / lag.examined
+            THEN sluice.estimated_events(c.stream_id,
+                                         CASE WHEN (c.window_txid, c.window_id) > (pg_snapshot_xmax(c.position), 0::bigint)
+                                              THEN c.window_txid ELSE pg_snapshot_xmax(c.position) END)
+                 * lag.events / lag.examined
        END AS lag_estimate,
        lag.oldest_at AS lag_oldest_at,
        sc.n AS scheduled, CASE WHEN sc.n >= $3 THEN sluice.estimated_tasks(c.id, 'scheduled') END AS scheduled_estimate,
@@ -53,10 +59,14 @@ LEFT JOIN LATERAL (
     SELECT e.created_at FROM sluice.events e WHERE e.stream_id = c.stream_id ORDER BY e.txid DESC, e.id DESC LIMIT 1
 ) last ON true
 CROSS JOIN LATERAL (
-    -- As the refill reads them (fetch_v2): not visible in the position
-    -- (its in-progress transactions, and everything from its xmax), not yet
-    -- passed by the window being worked through, and matching. At most $3
-    -- events are examined, oldest transactions first.
+    -- As the refill reads them (fetch_v2): not visible in the position, not
+    -- yet passed by the window being worked through, and matching. At most
+    -- $3 events are examined, oldest transactions first, from three places
+    -- an index reads directly: the position's in-progress transactions;
+    -- from its xmax on, after the window's last event done (a consumer
+    -- catching up is part way through a window of millions, whose first
+    -- events are done and must not use up the cap); and the window's own
+    -- in-progress transactions before that point.
     SELECT count(*) AS examined,
            count(*) FILTER (WHERE (c.window_end IS NULL OR NOT pg_visible_in_snapshot(x.txid, c.window_end)
                                    OR (x.txid, x.id) > (c.window_txid, c.window_id))
@@ -70,7 +80,10 @@ CROSS JOIN LATERAL (
                                        AND (c.exclude_regex IS NULL OR x.subject !~ c.exclude_regex)
                                        AND (c.start_from IS NULL OR x.created_at >= c.start_from)
                                        AND (c.start_event IS NULL OR x.id >= c.start_event)) AS oldest_at
-    FROM ((SELECT e.txid, e.id, e.subject, e.created_at
+    FROM (SELECT c.window_txid IS NOT NULL
+                 AND (c.window_txid, c.window_id) > (pg_snapshot_xmax(c.position), 0::bigint) AS after_window) w
+    CROSS JOIN LATERAL
+         ((SELECT e.txid, e.id, e.subject, e.created_at
            FROM pg_snapshot_xip(c.position) AS xip (txid)
            CROSS JOIN LATERAL (SELECT e.txid, e.id, e.subject, e.created_at FROM sluice.events e
                                WHERE e.stream_id = c.stream_id AND e.txid = xip.txid
@@ -78,8 +91,21 @@ CROSS JOIN LATERAL (
            LIMIT $3)
           UNION ALL
           (SELECT e.txid, e.id, e.subject, e.created_at FROM sluice.events e
-           WHERE e.stream_id = c.stream_id AND e.txid >= pg_snapshot_xmax(c.position)
+           -- After (xmax, 0), or after the window's point if that is later:
+           -- one row comparison, which the index starts from.
+           WHERE e.stream_id = c.stream_id
+             AND (e.txid, e.id) > (CASE WHEN after_window THEN c.window_txid ELSE pg_snapshot_xmax(c.position) END,
+                                   CASE WHEN after_window THEN c.window_id ELSE 0 END)
            ORDER BY e.txid, e.id
+           LIMIT $3)
+          UNION ALL
+          (SELECT e.txid, e.id, e.subject, e.created_at
+           FROM pg_snapshot_xip(c.window_end) AS wxip (txid)
+           CROSS JOIN LATERAL (SELECT e.txid, e.id, e.subject, e.created_at FROM sluice.events e
+                               WHERE e.stream_id = c.stream_id AND e.txid = wxip.txid
+                                 AND e.txid >= pg_snapshot_xmax(c.position)
+                                 AND (e.txid, e.id) <= (c.window_txid, c.window_id)
+                               ORDER BY e.id LIMIT $3) e
            LIMIT $3)
           LIMIT $3) x
 ) lag
