@@ -66,6 +66,13 @@ chaos *ARGS:
 bench *ARGS:
     cargo run --release -p sluice-bench -- {{ARGS}}
 
+# What `/metrics`, `sluice stats` and the dashboard cost on a backlog (docs/BENCHMARKS.md, "The
+# queue's figures on a backlog"): builds database sluice_stats_backlog with EVENTS events (default
+# 10,000,000: about 5 GB and a few minutes) and times the three, e.g. `just stats-backlog 1000000`.
+stats-backlog EVENTS="10000000":
+    cargo build --release -p sluice-cli
+    crates/sluice-bench/stats/measure.sh {{EVENTS}}
+
 # The Python client of the gateway: its tests against a real `sluice serve`.
 test-python:
     cargo build -q -p sluice-cli

@@ -849,6 +849,119 @@ async fn serve_exposes_the_queue_to_prometheus_and_a_health_check() {
     assert!(line.contains("invalid value 'localhost'"), "{line}");
 }
 
+/// The row of `consumer` in `sluice stats`'s table, split into its cells.
+fn stats_row(stdout: &str, consumer: &str) -> Vec<String> {
+    let line = stdout.lines().find(|l| l.split_whitespace().nth(1) == Some(consumer));
+    line.unwrap_or_else(|| panic!("a row for {consumer} in:\n{stdout}")).split_whitespace().map(String::from).collect()
+}
+
+#[tokio::test]
+async fn stats_count_up_to_a_cap_and_say_what_is_estimated_past_it() {
+    // Counting every task of a backlog of millions at each scrape is what
+    // the cap avoids (docs/BENCHMARKS.md measures it on 10,000,000); 12,000
+    // tasks are enough to cross it. Below it, counts are exact.
+    const CAP: i64 = 10_000;
+    let db = TestDb::new().await;
+    let url = &db.url;
+    sluice::create_stream(&db.pool, "orders", sluice::StreamOptions::default()).await.unwrap();
+    for consumer in ["billing", "ledger"] {
+        sluice::create_consumer(&db.pool, "orders", consumer, sluice::ConsumerOptions::default()).await.unwrap();
+    }
+    support::backlog(&db.pool, "orders", 12_000, "ledger").await;
+    sqlx::query(
+        "UPDATE sluice.tasks t SET state = 'discarded', attempt = 1, finished_at = now()
+         FROM sluice.consumers c WHERE c.id = t.consumer_id AND c.name = 'ledger' AND t.event_id % 4000 = 1",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    // No statistics yet: counted up to the cap, said to be at least that.
+    let stats = run_with_url(url, &["--json", "stats", "orders"]).await.json("stats");
+    assert_eq!(stats["count_cap"], CAP, "{stats}");
+    let (billing, ledger) = (&stats["consumers"][0], &stats["consumers"][1]);
+    assert_eq!((ledger["consumer"].as_str(), ledger["available"].as_i64()), (Some("ledger"), Some(CAP)), "{stats}");
+    assert_eq!(ledger["inexact"]["available"], "at_least", "{stats}");
+    assert_eq!(ledger["discarded"], 3, "below the cap, exact: {stats}");
+    for exact in ["discarded", "running", "scheduled", "waiting", "completed", "cancelled", "lag_events"] {
+        assert!(ledger["inexact"].get(exact).is_none(), "{exact} is exact: {stats}");
+    }
+    assert!(ledger["events"].as_i64().unwrap() >= CAP && ledger["inexact"].get("events").is_some(), "{stats}");
+    assert!(
+        billing["lag_events"].as_i64().unwrap() >= CAP && billing["inexact"].get("lag_events").is_some(),
+        "{stats}"
+    );
+    assert_eq!(billing["available"], 0);
+    assert!(billing["inexact"].get("available").is_none(), "{stats}");
+
+    let text = run_with_url(url, &["stats"]).await.success("stats").stdout;
+    let row = stats_row(&text, "ledger");
+    // STREAM CONSUMER EVENTS LAG LAG-AGE SCHED WAIT AVAIL RUN DEAD …
+    assert_eq!((row[7].as_str(), row[9].as_str()), ("≥10000", "3"), "{text}");
+    assert!(text.contains("≥ counted up to 10000 and stopped"), "the mark is explained:\n{text}");
+
+    // With statistics, the planner's estimate, marked as one.
+    sqlx::query("ANALYZE sluice.tasks").execute(&db.pool).await.unwrap();
+    let stats = run_with_url(url, &["--json", "stats", "orders", "ledger"]).await.json("stats");
+    let ledger = &stats["consumers"][0];
+    assert_eq!(ledger["inexact"]["available"], "estimated", "{stats}");
+    let estimate = ledger["available"].as_i64().unwrap();
+    assert!((11_000..=13_000).contains(&estimate), "about the 11,997 available: {stats}");
+    assert_eq!(ledger["discarded"], 3, "{stats}");
+    let text = run_with_url(url, &["stats", "orders", "ledger"]).await.success("stats").stdout;
+    assert_eq!(stats_row(&text, "ledger")[7], format!("≈{estimate}"), "{text}");
+    assert!(text.contains("≈ counted up to 10000 and stopped: estimated"), "{text}");
+
+    // The same figures on /metrics, each with whether it is exact.
+    let (mut server, address) = start_serve(url, &[], &[]).await;
+    let page = support::http_get(&address, "/metrics").await.1;
+    let series = |name: &str, consumer: &str, state: &str| {
+        support::sample(&page, &format!(r#"{name}{{stream="orders",consumer="{consumer}",state="{state}"}}"#))
+    };
+    assert_eq!(series("sluice_tasks", "ledger", "available"), Some(estimate as f64), "{page}");
+    assert_eq!(series("sluice_tasks_exact", "ledger", "available"), Some(0.0), "{page}");
+    assert_eq!(series("sluice_tasks", "ledger", "discarded"), Some(3.0), "{page}");
+    assert_eq!(series("sluice_tasks_exact", "ledger", "discarded"), Some(1.0), "{page}");
+    assert_eq!(support::sample(&page, "sluice_stats_count_cap"), Some(CAP as f64), "{page}");
+    let lag = |name: &str, consumer: &str| {
+        support::sample(&page, &format!(r#"{name}{{stream="orders",consumer="{consumer}"}}"#))
+    };
+    assert_eq!(lag("sluice_consumer_lag_events_exact", "billing"), Some(0.0), "{page}");
+    assert_eq!(
+        (lag("sluice_consumer_lag_events", "ledger"), lag("sluice_consumer_lag_events_exact", "ledger")),
+        (Some(0.0), Some(1.0))
+    );
+    assert_eq!(support::sample(&page, r#"sluice_stream_events_exact{stream="orders"}"#), Some(0.0), "{page}");
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_lag_of_a_consumer_part_way_through_a_window_is_what_is_left_of_it() {
+    // A consumer catching up works through a window of events in chunks
+    // (fetch_v2): the ones it has done are not lag, however many there are
+    // (more than the count's cap here), and do not use up the count.
+    let db = TestDb::new().await;
+    sluice::create_stream(&db.pool, "orders", sluice::StreamOptions::default()).await.unwrap();
+    for consumer in ["billing", "ledger"] {
+        sluice::create_consumer(&db.pool, "orders", consumer, sluice::ConsumerOptions::default()).await.unwrap();
+    }
+    support::backlog(&db.pool, "orders", 12_000, "ledger").await;
+    // Billing is part way through its window: 11,000 of the 12,000 done.
+    sqlx::query(
+        "UPDATE sluice.consumers c SET window_end = pg_current_snapshot(), window_txid = e.txid, window_id = e.id
+         FROM (SELECT txid, id FROM sluice.events ORDER BY txid, id OFFSET 10999 LIMIT 1) e
+         WHERE c.name = 'billing'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let stats = run_with_url(&db.url, &["--json", "stats", "orders", "billing"]).await.json("stats");
+    let billing = &stats["consumers"][0];
+    assert_eq!(billing["lag_events"], 1000, "{stats}");
+    assert!(billing["inexact"].get("lag_events").is_none(), "counted, exactly: {stats}");
+}
+
 /// Starts `sluice serve` on a free port with `args` after `serve` and `env`
 /// set; returns the process and the address it says it listens on.
 async fn start_serve(url: &str, args: &[&str], env: &[(&str, &str)]) -> (tokio::process::Child, String) {

@@ -11,10 +11,12 @@ use sqlx::PgPool;
 use support::{sluice_tables as tables, TestDb, SLUICE_TABLES as TABLES};
 
 const TYPES: [&str; 3] = ["task_action", "task_state", "worker_status"];
-const FUNCTIONS: [&str; 11] = [
+const FUNCTIONS: [&str; 13] = [
     "ack_v1",
     "copy_table_access",
     "delete_consumer_tasks",
+    "estimated_events",
+    "estimated_tasks",
     "fetch_v2",
     "maintain_event_partitions",
     "note_freed_key",

@@ -156,6 +156,46 @@ async fn the_overview_shows_consumers_lag_tasks_workers_and_dead_letters() {
 }
 
 #[tokio::test]
+async fn counts_past_the_cap_are_shown_as_lower_bounds_or_estimates() {
+    // The pages count up to sluice::STATS_COUNT_CAP (10,000) and no further,
+    // whatever the backlog; past it they say so.
+    let db = TestDb::new().await;
+    sluice::create_stream(&db.pool, "orders", StreamOptions::default()).await.unwrap();
+    for consumer in ["billing", "ledger"] {
+        sluice::create_consumer(&db.pool, "orders", consumer, ConsumerOptions::default()).await.unwrap();
+    }
+    support::backlog(&db.pool, "orders", 12_000, "ledger").await;
+    let app = app(&db);
+    let at_least = r#"<abbr class="inexact" title="counted up to 10000 and stopped: at least this many"#;
+
+    let page = get(&app, "/").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    // Overview: 10,000 available at least (ledger's), no dead letters (exact).
+    assert!(page.body.contains(at_least), "{}", page.body);
+    assert!(page.body.contains("≥ 10000</abbr>"), "{}", page.body);
+    assert!(!page.body.contains("12000"), "nothing counted past the cap: {}", page.body);
+    assert!(page.body.contains(r#"<strong id="dead-letters">0</strong>"#), "{}", page.body);
+
+    // Ledger has no lag (exact), billing has the whole backlog as lag (at least the cap).
+    let ledger = get(&app, "/streams/orders/consumers/ledger").await;
+    assert!(ledger.body.contains(r#"<th>not yet materialized (lag)</th><td class="n">0</td>"#), "{}", ledger.body);
+    let billing = get(&app, BILLING).await;
+    assert!(
+        billing.body.contains(r#"<th>not yet materialized (lag)</th><td class="n"><abbr class="inexact""#)
+            && billing.body.contains("10000</abbr>"),
+        "{}",
+        billing.body
+    );
+
+    // Once the table is analyzed, the planner's estimate, marked as one.
+    sqlx::query("ANALYZE sluice.tasks").execute(&db.pool).await.unwrap();
+    let ledger = get(&app, "/streams/orders/consumers/ledger").await;
+    let estimated =
+        r#"<abbr class="inexact" title="counted up to 10000 and stopped: estimated from the planner's statistics"#;
+    assert!(ledger.body.contains(estimated) && ledger.body.contains("≈ 1"), "{}", ledger.body);
+}
+
+#[tokio::test]
 async fn htmx_is_served_from_the_binary_with_a_long_cache() {
     let db = TestDb::new().await;
     let page = get(&app(&db), sluice_web::HTMX_PATH).await;

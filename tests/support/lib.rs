@@ -346,3 +346,37 @@ pub async fn refill<'e>(
     .fetch_one(executor)
     .await
 }
+
+/// A backlog written straight into the tables, as the measurement of
+/// docs/BENCHMARKS.md builds its 10,000,000 (publishing and refilling that
+/// many would take minutes): `events` events of subject `orders.eu.created`
+/// in `stream`, and an available task of consumer `with_tasks` for each, its
+/// position moved past them. The stream's other consumers have them all as
+/// lag. Autovacuum is turned off on the tasks, so that the test decides
+/// when the planner has statistics (`ANALYZE sluice.tasks`).
+pub async fn backlog(pool: &PgPool, stream: &str, events: i64, with_tasks: &str) {
+    sqlx::query("ALTER TABLE sluice.tasks SET (autovacuum_enabled = false)").execute(pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO sluice.events (stream_id, subject, payload)
+         SELECT s.id, 'orders.eu.created', jsonb_build_object('n', g)
+         FROM sluice.streams s, generate_series(1, $2) AS g WHERE s.name = $1",
+    )
+    .bind(stream)
+    .bind(events)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "WITH c AS (UPDATE sluice.consumers c SET position = pg_current_snapshot()
+                    FROM sluice.streams s WHERE s.id = c.stream_id AND s.name = $1 AND c.name = $2
+                    RETURNING c.id, c.stream_id)
+         INSERT INTO sluice.tasks (consumer_id, event_id, event_txid, state, position, created_at)
+         SELECT c.id, e.id, e.txid, 'available', e.id, e.created_at
+         FROM c JOIN sluice.events e ON e.stream_id = c.stream_id",
+    )
+    .bind(stream)
+    .bind(with_tasks)
+    .execute(pool)
+    .await
+    .unwrap();
+}

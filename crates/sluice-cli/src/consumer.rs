@@ -3,9 +3,11 @@
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
+use sluice::Figure;
 use sqlx::PgPool;
 
 use crate::output::{self, confirm, table, Out};
+use crate::stats::figure;
 
 #[derive(Debug, Args)]
 pub struct ConsumerArgs {
@@ -268,15 +270,15 @@ pub async fn run(pool: &PgPool, out: Out, args: ConsumerArgs) -> Result<()> {
                     text.push_str(&format!(
                         "lag          {} events (oldest {})\ntasks        {} scheduled, {} waiting, {} available, \
                          {} running, {} completed, {} discarded, {} cancelled\n",
-                        s.lag_events,
+                        figure(s, Figure::LagEvents),
                         output::age(s.lag_oldest_at),
-                        s.scheduled,
-                        s.waiting,
-                        s.available,
-                        s.running,
-                        s.completed,
-                        s.discarded,
-                        s.cancelled
+                        figure(s, Figure::Scheduled),
+                        figure(s, Figure::Waiting),
+                        figure(s, Figure::Available),
+                        figure(s, Figure::Running),
+                        figure(s, Figure::Completed),
+                        figure(s, Figure::Discarded),
+                        figure(s, Figure::Cancelled)
                     ));
                 }
                 text.push_str(&format!("workers      {}\n", workers.len()));

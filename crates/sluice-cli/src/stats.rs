@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
+use sluice::{Accuracy, Figure};
 use sqlx::PgPool;
 
 use crate::output::{self, table, Out};
@@ -62,6 +63,12 @@ pub async fn run(pool: &PgPool, out: Out, args: StatsArgs) -> Result<()> {
     }
 }
 
+/// A count of `sluice stats` as printed: `3`, `≥10000` (counted up to the
+/// cap and stopped) or `≈9999016` (estimated past the cap).
+pub(crate) fn figure(c: &sluice::ConsumerStats, figure: Figure) -> String {
+    format!("{}{}", c.accuracy(figure).mark(), c.count(figure))
+}
+
 fn render(stats: &sluice::QueueStats) -> String {
     let mut t = table([
         "STREAM", "CONSUMER", "EVENTS", "LAG", "LAG AGE", "SCHED", "WAIT", "AVAIL", "RUN", "DEAD", "CANCEL",
@@ -76,18 +83,19 @@ fn render(stats: &sluice::QueueStats) -> String {
             workers.push_str(&format!(", {} gone", c.workers_gone));
         }
         let consumer = if c.paused { format!("{} (paused)", c.consumer) } else { c.consumer.clone() };
+        let n = |f: Figure| figure(c, f);
         t.add_row([
             c.stream.clone(),
             consumer,
-            c.events.to_string(),
-            c.lag_events.to_string(),
+            n(Figure::Events),
+            n(Figure::LagEvents),
             output::age(c.lag_oldest_at),
-            c.scheduled.to_string(),
-            c.waiting.to_string(),
-            c.available.to_string(),
-            c.running.to_string(),
-            c.discarded.to_string(),
-            c.cancelled.to_string(),
+            n(Figure::Scheduled),
+            n(Figure::Waiting),
+            n(Figure::Available),
+            n(Figure::Running),
+            n(Figure::Discarded),
+            n(Figure::Cancelled),
             output::age(c.oldest_available_at),
             c.completed_last_minute.to_string(),
             c.failed_last_minute.to_string(),
@@ -95,6 +103,19 @@ fn render(stats: &sluice::QueueStats) -> String {
         ]);
     }
     let mut text = if stats.consumers.is_empty() { "no consumers\n".to_string() } else { format!("{t}\n") };
+    let marks: Vec<Accuracy> = stats.consumers.iter().flat_map(|c| c.inexact.values().copied()).collect();
+    if marks.contains(&Accuracy::AtLeast) {
+        text.push_str(&format!(
+            "≥ counted up to {} and stopped; no estimate (the table was never analyzed, or not since it grew)\n",
+            stats.count_cap
+        ));
+    }
+    if marks.contains(&Accuracy::Estimated) {
+        text.push_str(&format!(
+            "≈ counted up to {} and stopped: estimated from the planner's statistics (as of the last ANALYZE)\n",
+            stats.count_cap
+        ));
+    }
     let db = &stats.database;
     text.push_str("\ndatabase\n");
     match &db.xmin_holder {

@@ -3,9 +3,11 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde_json::json;
+use sluice::Figure;
 use sqlx::PgPool;
 
 use crate::output::{self, confirm, table, Out};
+use crate::stats::figure;
 
 #[derive(Debug, Args)]
 pub struct StreamArgs {
@@ -84,6 +86,7 @@ pub async fn run(pool: &PgPool, out: Out, args: StreamArgs) -> Result<()> {
                 })
                 .collect();
             let events = stats.consumers.first().map(|c| c.events);
+            let events_shown = stats.consumers.first().map(|c| figure(c, Figure::Events));
             let mut value = stream_json(&s);
             value["events"] = json!(events);
             value["consumers"] = json!(consumers);
@@ -94,7 +97,7 @@ pub async fn run(pool: &PgPool, out: Out, args: StreamArgs) -> Result<()> {
                     output::duration(s.event_retention),
                     output::time(Some(s.created_at))
                 );
-                if let Some(events) = events {
+                if let Some(events) = &events_shown {
                     text.push_str(&format!("events       {events}\n"));
                 }
                 if stats.consumers.is_empty() {
@@ -105,10 +108,10 @@ pub async fn run(pool: &PgPool, out: Out, args: StreamArgs) -> Result<()> {
                         t.add_row([
                             c.consumer.clone(),
                             if c.paused { "yes" } else { "no" }.to_string(),
-                            c.lag_events.to_string(),
-                            c.available.to_string(),
-                            c.running.to_string(),
-                            c.discarded.to_string(),
+                            figure(c, Figure::LagEvents),
+                            figure(c, Figure::Available),
+                            figure(c, Figure::Running),
+                            figure(c, Figure::Discarded),
                         ]);
                     }
                     text.push('\n');

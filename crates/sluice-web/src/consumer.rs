@@ -4,6 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
+use sluice::Figure;
 
 use crate::error::{render, PageResult};
 use crate::layout::{self, consumer_path};
@@ -40,8 +41,8 @@ async fn view(state: &WebState, stream: &str, name: &str) -> PageResult {
             h2 { "Position and lag" }
             @if let Some(s) = &s {
                 table #lag {
-                    tr { th { "events in the stream" } td.n { (s.events) } }
-                    tr { th { "not yet materialized (lag)" } td.n { (s.lag_events) } }
+                    tr { th { "events in the stream" } td.n { (layout::count(s.events, s.accuracy(Figure::Events))) } }
+                    tr { th { "not yet materialized (lag)" } td.n { (layout::count(s.lag_events, s.accuracy(Figure::LagEvents))) } }
                     tr { th { "oldest not materialized" } td { @if let Some(at) = s.lag_oldest_at { (layout::ago(at)) } @else { "—" } } }
                     tr { th { "oldest available task" } td { @if let Some(at) = s.oldest_available_at { (layout::ago(at)) } @else { "—" } } }
                     tr { th { "completed / failed in the last minute" } td { (s.completed_last_minute) " / " (s.failed_last_minute) } }
@@ -55,7 +56,7 @@ async fn view(state: &WebState, stream: &str, name: &str) -> PageResult {
                             th { a href=(state.href(&format!("{path}/tasks?state={state_name}"))) { (state_name) } }
                         }
                     }
-                    tr { @for n in [s.scheduled, s.waiting, s.available, s.running, s.completed, s.discarded, s.cancelled] { td.n { (n) } } }
+                    tr { @for figure in Figure::TASK_STATES { td.n { (layout::count(s.count(figure), s.accuracy(figure))) } } }
                 }
             }
             p { a href=(state.href(&format!("{path}/tasks"))) { "All tasks" } }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
+use sluice::{Accuracy, ConsumerStats, Figure};
 
 use crate::WebState;
 
@@ -23,6 +24,7 @@ form.inline{display:inline}button{cursor:pointer}#status,#actions{margin:1rem 0}
 .filters label{margin-right:.8rem;display:inline-block;vertical-align:top}
 figure.chart{margin:.3rem 0 1.2rem;background:#fff;padding:.5rem;display:inline-block}
 figure.chart figcaption{font-size:.9em;margin-bottom:.3rem}
+abbr.inexact{text-decoration:underline dotted;cursor:help}
 "#;
 
 const HTMX_CONFIG: &str = r#"{"responseHandling":[{"code":"204","swap":false},{"code":"...","swap":true}]}"#;
@@ -87,6 +89,39 @@ pub(crate) fn action(state: &WebState, path: &str, label: &str, confirm: Option<
             button type="submit" { (label) }
         }
     }
+}
+
+/// A count of `sluice::queue_stats`: the number alone when exact; marked
+/// "≥" (counted up to the cap and stopped) or "≈" (estimated past the cap)
+/// otherwise, with what the mark means on hover.
+pub(crate) fn count(n: i64, accuracy: Accuracy) -> Markup {
+    let why = match accuracy {
+        Accuracy::Exact => return html! { (n) },
+        Accuracy::AtLeast => format!(
+            "counted up to {} and stopped: at least this many (no estimate: the table was never analyzed, or not since it grew)",
+            sluice::STATS_COUNT_CAP
+        ),
+        _ => format!(
+            "counted up to {} and stopped: estimated from the planner's statistics (as of the last ANALYZE)",
+            sluice::STATS_COUNT_CAP
+        ),
+    };
+    html! { abbr.inexact title=(why) { (accuracy.mark()) " " (n) } }
+}
+
+/// The sum of a count over `consumers`, exact only when each part is; "≥"
+/// when the inexact parts are all lower bounds, else "≈".
+pub(crate) fn sum(consumers: &[&ConsumerStats], figure: Figure) -> Markup {
+    let n = consumers.iter().map(|c| c.count(figure)).sum();
+    let parts: Vec<Accuracy> = consumers.iter().map(|c| c.accuracy(figure)).collect();
+    let accuracy = if parts.contains(&Accuracy::Estimated) {
+        Accuracy::Estimated
+    } else if parts.contains(&Accuracy::AtLeast) {
+        Accuracy::AtLeast
+    } else {
+        Accuracy::Exact
+    };
+    count(n, accuracy)
 }
 
 /// "3m 12s ago", from a time.

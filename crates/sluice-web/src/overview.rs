@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup};
-use sluice::ConsumerStats;
+use sluice::{ConsumerStats, Figure};
 
 use crate::chart;
 use crate::error::{render, PageResult};
@@ -21,6 +21,7 @@ async fn overview(state: &WebState) -> PageResult {
     let stats = sluice::queue_stats(state.pool(), None, None).await?;
     let hour = sluice::throughput(state.pool(), None, None, chart::MINUTES).await?;
     let c = &stats.consumers;
+    let all: Vec<&ConsumerStats> = c.iter().collect();
     let sum = |f: fn(&ConsumerStats) -> i64| c.iter().map(f).sum::<i64>();
     let dead = sum(|s| s.discarded);
     let content = html! {
@@ -28,7 +29,7 @@ async fn overview(state: &WebState) -> PageResult {
         (layout::live(state, "overview", "/", html! {
             p {
                 "Dead letters: "
-                strong #dead-letters { (dead) }
+                strong #dead-letters { (layout::sum(&all, Figure::Discarded)) }
                 @if dead > 0 { " (discarded tasks; open a consumer's dead letters below to retry them)" }
             }
             h2 { "Throughput" }
@@ -36,10 +37,7 @@ async fn overview(state: &WebState) -> PageResult {
             h2 { "Tasks by state" }
             table #tasks-by-state {
                 tr { th { "scheduled" } th { "waiting" } th { "available" } th { "running" } th { "completed" } th { "discarded" } th { "cancelled" } }
-                tr {
-                    td.n { (sum(|s| s.scheduled)) } td.n { (sum(|s| s.waiting)) } td.n { (sum(|s| s.available)) } td.n { (sum(|s| s.running)) }
-                    td.n { (sum(|s| s.completed)) } td.n { (sum(|s| s.discarded)) } td.n { (sum(|s| s.cancelled)) }
-                }
+                tr { @for figure in Figure::TASK_STATES { td.n { (layout::sum(&all, figure)) } } }
             }
             h2 { "Workers by status" }
             table #workers-by-status {
@@ -62,7 +60,7 @@ async fn overview(state: &WebState) -> PageResult {
                         tr {
                             td { a href=(state.href(&format!("/streams/{}", seg(&stream.name)))) { (stream.name) } }
                             // Counted per consumer; a stream without one shows none.
-                            td.n { @if let Some(s) = mine.first() { (s.events) } @else { "—" } }
+                            td.n { @if let Some(s) = mine.first() { (layout::count(s.events, s.accuracy(Figure::Events))) } @else { "—" } }
                             td { (layout::span(stream.event_retention)) }
                             td.n { (mine.len()) }
                         }
@@ -94,12 +92,16 @@ pub(crate) fn consumers_table(state: &WebState, consumers: &[ConsumerStats]) -> 
                             a href=(state.href(&path)) { (s.consumer) }
                             @if s.paused { " " span.badge.paused { "paused" } }
                         }
-                        td.n { (s.lag_events) }
+                        td.n { (layout::count(s.lag_events, s.accuracy(Figure::LagEvents))) }
                         td { @if let Some(at) = s.lag_oldest_at { (layout::ago(at)) } }
-                        td.n { (s.available) } td.n { (s.scheduled) } td.n { (s.running) }
+                        @for figure in [Figure::Available, Figure::Scheduled, Figure::Running] {
+                            td.n { (layout::count(s.count(figure), s.accuracy(figure))) }
+                        }
                         td.n {
                             @if s.discarded > 0 {
-                                a href=(state.href(&format!("{path}/tasks?state=discarded"))) { (s.discarded) }
+                                a href=(state.href(&format!("{path}/tasks?state=discarded"))) {
+                                    (layout::count(s.discarded, s.accuracy(Figure::Discarded)))
+                                }
                             } @else { "0" }
                         }
                         td.n { (s.completed_last_minute) } td.n { (s.failed_last_minute) }

@@ -72,8 +72,8 @@ pub use partitions::{
 pub use pooler::{pooling, set_pooling, Db, Pooling};
 pub use publish::{publish, publish_batch, set_notify_interval, NewEvent, MAX_PAYLOAD_BYTES, NOTIFY_INTERVAL};
 pub use stats::{
-    database_health, queue_stats, storage_stats, throughput, ConsumerStats, DatabaseHealth, Minute, QueueStats,
-    StorageStats, TableStats, XminHolder, THROUGHPUT_KEPT_MINUTES,
+    database_health, queue_stats, storage_stats, throughput, Accuracy, ConsumerStats, DatabaseHealth, Figure, Minute,
+    QueueStats, StorageStats, TableStats, XminHolder, STATS_COUNT_CAP, THROUGHPUT_KEPT_MINUTES,
 };
 pub use subject::{check_name, check_pattern, check_subject, subject_matches};
 pub use subscriber::{

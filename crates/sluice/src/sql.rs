@@ -46,6 +46,7 @@ pub(crate) const EVENT_PARTITIONS_PENDING: &str = include_str!("sql/event_partit
 pub(crate) const EVENT_PARTITIONING_GET: &str = include_str!("sql/event_partitioning_get.sql");
 pub(crate) const EVENT_PARTITIONING_SET: &str = include_str!("sql/event_partitioning_set.sql");
 pub(crate) const CONSUMER_STATS: &str = include_str!("sql/consumer_stats.sql");
+pub(crate) const STATS_SETTINGS: &str = include_str!("sql/stats_settings.sql");
 pub(crate) const THROUGHPUT: &str = include_str!("sql/throughput.sql");
 pub(crate) const GATEWAY_CLIENT_LIST: &str = include_str!("sql/gateway_client_list.sql");
 pub(crate) const XMIN_HORIZON: &str = include_str!("sql/xmin_horizon.sql");
