@@ -3,14 +3,22 @@
 # The Postgres the tests and the demo use, unless DATABASE_URL says otherwise.
 export DATABASE_URL := env_var_or_default("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 
+# Where cargo builds (CARGO_TARGET_DIR, or target/ here).
+target := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target")
+
 # Run every test (each gets its own database on DATABASE_URL's server).
 test *ARGS:
     cargo test --workspace {{ARGS}}
 
-# Formatting and clippy, as CI checks them.
+# Formatting and clippy (with and without OpenTelemetry), as CI checks them.
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy --workspace --all-targets --features otel -- -D warnings
+
+# The tracing tests with the OpenTelemetry layer (feature otel).
+test-otel:
+    cargo test --test tracing --features otel
 
 # Format the code.
 fmt:
@@ -71,16 +79,16 @@ bench *ARGS:
 # 10,000,000: about 5 GB and a few minutes) and times the three, e.g. `just stats-backlog 1000000`.
 stats-backlog EVENTS="10000000":
     cargo build --release -p sluice-cli
-    crates/sluice-bench/stats/measure.sh {{EVENTS}}
+    SLUICE={{target}}/release/sluice crates/sluice-bench/stats/measure.sh {{EVENTS}}
 
 # The Python client of the gateway: its tests against a real `sluice serve`.
 test-python:
     cargo build -q -p sluice-cli
-    python3 -m pip install -q -e 'clients/python[test]'
-    cd clients/python && SLUICE_BIN=../../target/debug/sluice python3 -m pytest -q
+    python3 -m pip install -q --disable-pip-version-check -e 'clients/python[test]'
+    cd clients/python && SLUICE_BIN={{target}}/debug/sluice python3 -m pytest -q
 
 # The gateway example: Python producer and consumer beside a Rust subscriber.
 gateway-example:
     cargo build -q -p sluice-cli
     cargo build -q --example gateway_audit
-    SLUICE_BIN=target/debug/sluice RUST_SUBSCRIBER_CMD=target/debug/examples/gateway_audit bash examples/gateway/run.sh
+    SLUICE_BIN={{target}}/debug/sluice RUST_SUBSCRIBER_CMD={{target}}/debug/examples/gateway_audit bash examples/gateway/run.sh
