@@ -26,10 +26,11 @@ BEGIN
              WHERE table_schema = 'sluice' AND table_name = 'freed_keys' AND column_name = 'key'
                AND privilege_type = 'INSERT' AND grantee <> current_user
     LOOP
-        EXECUTE format('REVOKE INSERT (consumer_id, key) ON sluice.freed_keys FROM %I', r.grantee);
+        EXECUTE format('REVOKE INSERT (consumer_id, key, held) ON sluice.freed_keys FROM %I', r.grantee);
     END LOOP;
 END;
 $$;
+ALTER TABLE sluice.freed_keys DROP COLUMN held;
 
 CREATE FUNCTION sluice.fetch(p_consumer integer, p_worker uuid, p_lease interval, p_limit integer,
                              p_chunk integer, p_refill boolean)

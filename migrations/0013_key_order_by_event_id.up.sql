@@ -38,8 +38,11 @@ CREATE TRIGGER tasks_key_freed AFTER UPDATE OF state ON sluice.tasks
     EXECUTE FUNCTION sluice.note_freed_key();
 
 -- 4. The refill notes the keys it holds back for events of a window not read
---    yet: a role that may take the notes (granted by 0012, docs/SECURITY.md)
---    may now write them too, or its workers' refills would fail.
+--    yet (held: looked at again once the window is read, not at every
+--    refill): a role that may take the notes (granted by 0012,
+--    docs/SECURITY.md) may now write them too, or its workers' refills would
+--    fail.
+ALTER TABLE sluice.freed_keys ADD COLUMN held boolean NOT NULL DEFAULT false;
 DO $$
 DECLARE
     r record;
@@ -48,7 +51,7 @@ BEGIN
              WHERE table_schema = 'sluice' AND table_name = 'freed_keys' AND privilege_type = 'DELETE'
                AND grantee <> current_user
     LOOP
-        EXECUTE format('GRANT INSERT (consumer_id, key) ON sluice.freed_keys TO %I', r.grantee);
+        EXECUTE format('GRANT INSERT (consumer_id, key, held) ON sluice.freed_keys TO %I', r.grantee);
     END LOOP;
 END;
 $$;

@@ -218,6 +218,13 @@ where
                             if !fetched.tasks.is_empty() {
                                 follow_up = Some(0);
                             } else if idle {
+                                if fetched.materialized > 0 {
+                                    // Tasks made but none claimed: the keys of an
+                                    // ordered consumer held back while a window was
+                                    // read move on at the next refill. Follow up as
+                                    // after work, not at the next poll.
+                                    follow_up = Some(0);
+                                }
                                 follow_up = match follow_up {
                                     Some(n) if n < FOLLOW_UPS => {
                                         follow_up_at = Some(Instant::now() + Duration::from_millis(1 << n));
