@@ -444,7 +444,9 @@ BEGIN
                       ORDER BY i.key, i.event_id) AS f
                 -- (scalar subqueries with LIMIT: by index per key, never
                 -- an anti-join hashing every waiting task of the consumer)
-                WHERE f.state = 'waiting'
+                -- (c.ordered_by_key first: for other consumers the whole
+                -- condition folds to false when planned, subqueries and all)
+                WHERE c.ordered_by_key AND f.state = 'waiting'
                   AND (SELECT true FROM sluice.tasks b
                        WHERE b.consumer_id = c.id AND b.key = f.key
                          AND b.state IN ('available', 'running', 'scheduled', 'discarded')
