@@ -768,15 +768,8 @@ async fn a_task_whose_release_fails_is_never_completed_and_comes_back_after_its_
     client.ask(subscribe.clone()).await;
     let first = client.delivery().await;
     assert_eq!(first["event_id"], event.0);
-    sqlx::raw_sql(
-        "CREATE FUNCTION public.refuse_release() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN RAISE EXCEPTION 'injected fault: no release'; END $$;
-         CREATE TRIGGER refuse_release BEFORE UPDATE ON sluice.tasks FOR EACH ROW
-           WHEN (OLD.state = 'running' AND NEW.state = 'available') EXECUTE FUNCTION public.refuse_release();",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    let running_to_available = "OLD.state = 'running' AND NEW.state = 'available'";
+    support::inject_fault(&db.pool, "refuse_release", "UPDATE ON sluice.tasks", Some(running_to_available)).await;
     drop(client);
     support::wait_until(Duration::from_secs(20), "the client's subscription stopped", || async {
         clients(&db).await[0].status == "disconnected"
@@ -787,7 +780,7 @@ async fn a_task_whose_release_fails_is_never_completed_and_comes_back_after_its_
     let log = sluice::task_log(&db.pool, "orders", "billing", event).await.unwrap();
     assert!(log.is_empty(), "nothing happened to the task: {log:?}");
 
-    sqlx::raw_sql("DROP TRIGGER refuse_release ON sluice.tasks").execute(&db.pool).await.unwrap();
+    support::remove_fault(&db.pool, "refuse_release", "sluice.tasks").await;
     let mut next_client = Client::login(&url, &signing_key(1)).await;
     next_client.ask(subscribe).await;
     let again = next_client.delivery().await;
@@ -858,21 +851,13 @@ async fn idempotency_keys_of_one_gateway_key_never_swallow_another_keys_events()
 async fn a_connection_whose_key_cannot_be_checked_is_closed() {
     let (db, url) = seeded(Limits::default()).await;
     let (mut socket, _) = login(&url, &signing_key(1)).await;
-    sqlx::raw_sql(
-        "CREATE FUNCTION public.refuse_beat() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN RAISE EXCEPTION 'injected fault: no beat'; END $$;
-         CREATE TRIGGER refuse_beat BEFORE UPDATE ON sluice.gateway_clients FOR EACH ROW
-           EXECUTE FUNCTION public.refuse_beat();",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    support::inject_fault(&db.pool, "refuse_beat", "UPDATE ON sluice.gateway_clients", None).await;
     let closed = tokio::time::timeout(sluice_gateway::REVOCATION_CHECK * 3, closed_with(&mut socket))
         .await
         .expect("closed within three revocation checks");
     assert_eq!(closed, 1011);
     // Another connection logs in as usual: only the check failed.
-    sqlx::raw_sql("DROP TRIGGER refuse_beat ON sluice.gateway_clients").execute(&db.pool).await.unwrap();
+    support::remove_fault(&db.pool, "refuse_beat", "sluice.gateway_clients").await;
     let (mut again, _) = login(&url, &signing_key(1)).await;
     assert_eq!(ask(&mut again, json!({"type": "ping", "id": 1})).await["type"], "pong");
 }

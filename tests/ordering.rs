@@ -455,6 +455,16 @@ async fn a_dead_letter_retried_after_ordering_is_turned_on_waits_its_turn() {
     assert!(!overlap.load(Ordering::SeqCst), "two tasks of one key ran at once");
 }
 
+/// Consumer c's settings with its ordering by key turned the other way.
+async fn flipped_ordering(db: &TestDb) -> ConsumerOptions {
+    let existing = get_consumer(&db.pool, "jobs", "c").await.unwrap();
+    if existing.ordered_by_key {
+        ConsumerOptions::from(&existing).unordered()
+    } else {
+        ConsumerOptions::from(&existing).ordered_by_key()
+    }
+}
+
 /// Turning the ordering on and off while an operator retries, cancels and
 /// dead-letters the consumer's keyed tasks: one lock order (the consumer's
 /// row before its tasks), so each either goes first or is refused, and no
@@ -476,12 +486,7 @@ async fn changing_the_ordering_never_deadlocks_with_hand_steering() {
     let all = sluice::TaskFilter::default();
     let dead = sluice::TaskFilter::default().state(TaskState::Discarded);
     for round in 0..60 {
-        let existing = get_consumer(&db.pool, "jobs", "c").await.unwrap();
-        let flipped = if existing.ordered_by_key {
-            ConsumerOptions::from(&existing).unordered()
-        } else {
-            ConsumerOptions::from(&existing).ordered_by_key()
-        };
+        let flipped = flipped_ordering(&db).await;
         let steer = async {
             match round % 3 {
                 0 => sluice::retry_tasks(&db.pool, "jobs", "c", &all, None).await.map(|_| ()),
@@ -529,12 +534,7 @@ async fn changing_the_ordering_never_deadlocks_with_the_dead_letter_purge() {
         .execute(&db.pool)
         .await
         .unwrap();
-        let existing = get_consumer(&db.pool, "jobs", "c").await.unwrap();
-        let flipped = if existing.ordered_by_key {
-            ConsumerOptions::from(&existing).unordered()
-        } else {
-            ConsumerOptions::from(&existing).ordered_by_key()
-        };
+        let flipped = flipped_ordering(&db).await;
         let (changed, cleaned) =
             tokio::join!(update_consumer(&db.pool, "jobs", "c", flipped), sluice::cleanup(&db.pool, false));
         if let Err(e) = changed {

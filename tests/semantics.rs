@@ -708,15 +708,8 @@ async fn a_batched_ack_completes_the_task_once_written() {
 async fn a_failed_nack_or_release_or_leave_to_lease_is_never_an_implicit_ack() {
     let db = TestDb::new().await;
     setup(&db, fast()).await;
-    sqlx::raw_sql(
-        "CREATE FUNCTION public.refuse_available() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN RAISE EXCEPTION 'injected fault: not available again'; END $$;
-         CREATE TRIGGER refuse_available BEFORE UPDATE ON sluice.tasks FOR EACH ROW
-           WHEN (OLD.state = 'running' AND NEW.state = 'available') EXECUTE FUNCTION public.refuse_available();",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    let running_to_available = "OLD.state = 'running' AND NEW.state = 'available'";
+    support::inject_fault(&db.pool, "refuse_available", "UPDATE ON sluice.tasks", Some(running_to_available)).await;
     let ids = publish_batch(&db.pool, "jobs", (0..3).map(job)).await.unwrap();
     let failed: Log<(i64, bool)> = Arc::default();
     let seen = failed.clone();

@@ -345,7 +345,7 @@ BEGIN
                 -- The best v_want of the chunk (within the byte budget)
                 -- go to the caller at once, as the claim would have
                 -- picked them; the rest queue up.
-                SELECT w.id, w.txid, w.priority, w.deliver_at, w.key, w.wait_for,
+                SELECT w.id, w.txid, w.priority, w.deliver_at, w.key,
                        CASE WHEN w.waits THEN 'waiting'
                             WHEN w.deliver_at > now() THEN 'scheduled'
                             WHEN v_hungry

@@ -380,3 +380,24 @@ pub async fn backlog(pool: &PgPool, stream: &str, events: i64, with_tasks: &str)
     .await
     .unwrap();
 }
+
+/// Injects a fault: a trigger `name` that raises "injected fault: `name`"
+/// `BEFORE` `on` (e.g. `UPDATE ON sluice.tasks`) for each row, when `when`
+/// holds (a trigger's WHEN condition), as the failure path of a write
+/// happens. [`remove_fault`] takes it away.
+pub async fn inject_fault(pool: &PgPool, name: &str, on: &str, when: Option<&str>) {
+    let when = when.map(|w| format!("WHEN ({w})")).unwrap_or_default();
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION public.{name}() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'injected fault: {name}'; END $$;
+         CREATE TRIGGER {name} BEFORE {on} FOR EACH ROW {when} EXECUTE FUNCTION public.{name}();"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Removes the fault [`inject_fault`] put on `table`.
+pub async fn remove_fault(pool: &PgPool, name: &str, table: &str) {
+    sqlx::raw_sql(&format!("DROP TRIGGER {name} ON {table}")).execute(pool).await.unwrap();
+}
